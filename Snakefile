@@ -1,0 +1,25 @@
+# GeoDiff: coarse temperature on pressure levels -> fine fields, as one workflow.
+# See README.md; every key is described in workflow/schemas/config.schema.yaml.
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/regrid.smk"
+include: "workflow/rules/priors.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    input:
+        get_final_outputs(),
+    default_target: True

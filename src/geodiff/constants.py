@@ -1,0 +1,34 @@
+"""Physical constants and canonical names, defined once for the whole package.
+
+Values follow DESIGN.md section 5 (ECMWF IFS constants).
+"""
+
+R_D = 287.04
+"""Gas constant of dry air, J kg-1 K-1."""
+C_P = 1004.64
+"""Specific heat of dry air at constant pressure, J kg-1 K-1."""
+KAPPA = R_D / C_P
+"""Poisson constant R_d / c_p, dimensionless."""
+G = 9.80665
+"""Standard gravity, m s-2."""
+P0_HPA = 1000.0
+"""Reference pressure of potential temperature, hPa."""
+EARTH_RADIUS = 6371229.0
+"""Radius of the Earth, m."""
+
+TIME, LEVEL, LAT, LON = "time", "level", "lat", "lon"
+"""Canonical dimension names (DESIGN.md section 3)."""
+DIMS = (TIME, LEVEL, LAT, LON)
+STATICS = ("orography", "lsm")
+"""Fine-grid static fields known at inference time."""
+
+CF_ATTRS = {
+    "t": {"units": "K", "standard_name": "air_temperature", "long_name": "Air temperature"},
+    "z": {"units": "m2 s-2", "standard_name": "geopotential", "long_name": "Geopotential"},
+    "orography": {"units": "m", "standard_name": "surface_altitude", "long_name": "Orography height"},
+    "lsm": {"units": "1", "standard_name": "land_binary_mask", "long_name": "Land-sea mask (fraction of land)"},
+    LEVEL: {"units": "hPa", "standard_name": "air_pressure", "long_name": "Pressure level", "positive": "down", "axis": "Z"},
+    LAT: {"units": "degrees_north", "standard_name": "latitude", "long_name": "Latitude", "axis": "Y"},
+    LON: {"units": "degrees_east", "standard_name": "longitude", "long_name": "Longitude", "axis": "X"},
+}
+"""CF attributes of canonical variables and coordinates."""

@@ -1,0 +1,1 @@
+"""Data: sources, canonical form, grids, regridding and the HDF5 store."""

@@ -1,0 +1,1 @@
+"""Sampling, baselines, metrics and figures."""

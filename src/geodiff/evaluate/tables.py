@@ -1,0 +1,92 @@
+"""Metric tables (tidy CSV) and figures for every method on the evaluation split."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import xarray as xr
+
+from geodiff.constants import LEVEL
+from geodiff.evaluate import metrics as m
+from geodiff.evaluate.fields import read_field
+from geodiff.evaluate.plots import write_figures
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["method", "variable", "level", "metric", "value"]
+POINT_METRICS = {"rmse": m.rmse, "mae": m.mae, "bias": m.bias, "lapse_rate_rmse": m.lapse_rate_rmse,
+                 "spurious_instability": m.spurious_instability}
+ENSEMBLE_METRICS = {"crps": m.crps_fair, "spread_skill": m.spread_skill_ratio}
+
+
+def _rows(method: str, metric: str, per_level: xr.DataArray, overall: float) -> list[dict]:
+    rows = [dict(method=method, variable="t", level=str(int(lev)), metric=metric, value=float(v))
+            for lev, v in zip(per_level[LEVEL].values, per_level.values)]
+    return rows + [dict(method=method, variable="t", level="all", metric=metric, value=float(overall))]
+
+
+def method_rows(method: str, forecast: xr.DataArray, truth: xr.DataArray, scale_factor: int) -> list[dict]:
+    """Rows of one deterministic forecast: point and physics metrics per level and overall."""
+    rows = []
+    for name, fn in POINT_METRICS.items():
+        per_level = fn(forecast, truth)
+        if name in ("rmse", "lapse_rate_rmse"):
+            overall = float(((per_level**2).mean()) ** 0.5)
+        else:
+            overall = float(per_level.mean())
+        rows += _rows(method, name, per_level, overall)
+    rows.append(dict(method=method, variable="t", level="all", metric="thickness_rmse", value=float(m.thickness_error(forecast, truth))))
+    rows.append(dict(method=method, variable="t", level="all", metric="small_scale_power_ratio",
+                     value=m.small_scale_power_ratio(forecast, truth, scale_factor)))
+    return rows
+
+
+def ensemble_rows(method: str, ensemble: xr.DataArray, truth: xr.DataArray) -> list[dict]:
+    """CRPS and spread-skill rows of an ensemble per level and overall."""
+    rows = []
+    crps = m.crps_fair(ensemble, truth)
+    rows += _rows(method, "crps", crps, float(crps.mean()))
+    ssr = m.spread_skill_ratio(ensemble, truth)
+    overall = float(m.spread_skill_ratio(ensemble, truth, dims=list(d for d in ensemble.dims if d != m.MEMBER)))
+    rows += _rows(method, "spread_skill", ssr, overall)
+    return rows
+
+
+def metric_table(truth: xr.DataArray, predictions: dict[str, xr.DataArray], ensemble: xr.DataArray | None, scale_factor: int) -> pd.DataFrame:
+    """The tidy table: one row per method × variable × level × metric."""
+    rows = []
+    for method, forecast in predictions.items():
+        rows += method_rows(method, forecast, truth, scale_factor)
+    if ensemble is not None:
+        rows += method_rows("geodiff_mean", ensemble.mean(m.MEMBER), truth, scale_factor)
+        rows += method_rows("geodiff_member", ensemble.isel({m.MEMBER: 0}, drop=True), truth, scale_factor)
+        rows += ensemble_rows("geodiff", ensemble, truth)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def write_tables(store_path: str, ensemble_path: str, baseline_paths: list[str], metrics_path: str,
+                 by_level_path: str, figures_dir: str) -> pd.DataFrame:
+    """Compute every metric on the split and write metrics.csv, metrics_by_level.csv and figures."""
+    truth = read_field(store_path, "hr/t")
+    with h5py.File(store_path, "r") as f:
+        scale_factor = int(f.attrs["scale_factor"])
+    predictions = {}
+    for path in baseline_paths:
+        with xr.open_dataset(path) as ds:
+            predictions[ds.attrs["method"]] = ds["t"].load()
+    with xr.open_dataset(ensemble_path) as ds:
+        ensemble = ds["t"].load()
+    table = metric_table(truth, predictions, ensemble, scale_factor)
+    if table["value"].isna().any():
+        raise ValueError(f"NaN metrics: {table[table['value'].isna()].to_dict('records')}")
+    Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(metrics_path, index=False, float_format="%.6g")
+    wide = table[table["level"] != "all"].pivot_table(index=["metric", "level"], columns="method", values="value")
+    wide.to_csv(by_level_path, float_format="%.6g")
+    overall = table[(table["level"] == "all") & (table["metric"] == "rmse")].set_index("method")["value"]
+    log.info("overall RMSE (K):\n%s", overall.to_string())
+    write_figures(truth, predictions, ensemble, read_field(store_path, "lr_up/t"), table, figures_dir)
+    return table

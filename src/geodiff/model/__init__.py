@@ -1,0 +1,1 @@
+"""Networks, EDM diffusion and training losses."""

@@ -1,0 +1,1 @@
+"""Vertical physics: thermodynamic diagnostics and the priors built from them."""

@@ -1,0 +1,50 @@
+"""Pure helpers of the Snakemake workflow: months, split periods, their checks."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+
+
+def months_in_period(period: dict) -> list[str]:
+    """Month keys YYYY-MM from period["start"] to period["end"] inclusive."""
+    start, end = pd.Period(period["start"], "M"), pd.Period(period["end"], "M")
+    if end < start:
+        raise ValueError(f"data.period: end {period['end']} is before start {period['start']}")
+    return [p.strftime("%Y-%m") for p in pd.period_range(start, end, freq="M")]
+
+
+def split_bounds(config: dict, split: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """First instant and the instant after the last day of a split."""
+    period = config["splits"][split]
+    return pd.Timestamp(period["start"]), pd.Timestamp(period["end"]) + pd.Timedelta(days=1)
+
+
+def months_of_split(config: dict, split: str, months: list[str]) -> list[str]:
+    """The months (from `months`) that overlap a split's period."""
+    start, stop = split_bounds(config, split)
+    chosen = []
+    for m in months:
+        first = pd.Timestamp(f"{m}-01")
+        if first < stop and first + pd.offsets.MonthBegin(1) > start:
+            chosen.append(m)
+    return chosen
+
+
+def check_splits(config: dict) -> None:
+    """Refuse overlapping splits and splits outside the downloaded period, naming the keys."""
+    bounds = {s: split_bounds(config, s) for s in SPLITS}
+    for s, (start, stop) in bounds.items():
+        if stop <= start:
+            raise ValueError(f"splits.{s}: end is before start")
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1 :]:
+            (a0, a1), (b0, b1) = bounds[a], bounds[b]
+            if a0 < b1 and b0 < a1:
+                raise ValueError(f"splits.{a} and splits.{b} overlap")
+    months = months_in_period(config["data"]["period"])
+    first, last = pd.Timestamp(f"{months[0]}-01"), pd.Timestamp(f"{months[-1]}-01") + pd.offsets.MonthBegin(1)
+    for s, (start, stop) in bounds.items():
+        if start < first or stop > last:
+            raise ValueError(f"splits.{s} lies outside data.period {months[0]}..{months[-1]}")

@@ -1,0 +1,102 @@
+# Helpers shared by the rules: paths, months, splits, resources and params.
+import json
+
+import pandas as pd
+
+from geodiff.provenance import config_hash
+from geodiff.workflow import check_splits, months_in_period, months_of_split
+
+RESULTS = config["results"]
+check_splits(config)
+MONTHS = months_in_period(config["data"]["period"])
+SPLITS = ["train", "val", "test"]
+UPSAMPLERS = ["bicubic", "bilinear"]
+
+
+wildcard_constraints:
+    year=r"\d{4}",
+    month=r"\d{2}",
+    split="|".join(SPLITS),
+    method="conservative|bicubic|bilinear",
+
+
+def results(path):
+    """Path under the results folder."""
+    return f"{RESULTS}/{path}"
+
+
+def logs(name):
+    """Log file of a rule."""
+    return f"{RESULTS}/logs/{name}.log"
+
+
+def benchmarks(name):
+    """Benchmark file of a rule."""
+    return f"{RESULTS}/benchmarks/{name}.tsv"
+
+
+def get_final_outputs():
+    """What `rule all` asks for: the metric tables (and through them everything else)."""
+    return [results("metrics.csv"), results("metrics_by_level.csv")]
+
+
+def get_split_months(wildcards):
+    """Month keys YYYY-MM whose data overlaps a split's period."""
+    return months_of_split(config, wildcards.split, MONTHS)
+
+
+def get_split_period(wildcards):
+    """{start, end} of a split."""
+    return config["splits"][wildcards.split]
+
+
+def data_params():
+    """The config keys that define the downloaded data (nothing downstream)."""
+    return {k: config[k] for k in ("seed", "data", "grid", "levels")}
+
+
+def get_priors_input(wildcards):
+    """Raw and regridded months of a split, statics, and train stats for val/test."""
+    months = get_split_months(wildcards)
+    inputs = {
+        "raw": [results(f"raw/{m}.nc") for m in months],
+        "regrid": [results(f"regrid/{m}.nc") for m in months],
+        "statics": results("raw/statics.nc"),
+    }
+    if wildcards.split != "train":
+        inputs["stats_from"] = results("priors/train.h5")
+    return inputs
+
+
+def train_params():
+    """Everything that defines a trained model, and nothing evaluation-only (so evaluation
+    changes never retrain)."""
+    keys = ("seed", "levels", "priors", "model", "loss")
+    params = {k: config[k] for k in keys}
+    params["train"] = {k: v for k, v in config["train"].items() if k not in ("resources", "launcher")}
+    return json.dumps(params, sort_keys=True)
+
+
+def get_baseline_files():
+    """Baseline fields on the evaluation split: interpolations and the deterministic U-Net."""
+    split = config["evaluate"]["split"]
+    methods = [*config["evaluate"]["baselines"], "deterministic"]
+    return [results(f"baselines/{split}_{m}.nc") for m in methods]
+
+
+def get_baseline_input(wildcards):
+    """The split's store, and the deterministic model only for the deterministic baseline."""
+    inputs = {"store": results(f"priors/{wildcards.split}.h5")}
+    if wildcards.baseline == "deterministic":
+        inputs["deterministic"] = results("models/deterministic.pt")
+    return inputs
+
+
+def train_resources(key):
+    """A training resource from config train.resources."""
+    return config["train"]["resources"][key]
+
+
+def heavy_mem_mb(wildcards, attempt):
+    """Memory of a data-sized job, MB, growing with retries."""
+    return 4000 * attempt

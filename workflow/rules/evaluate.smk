@@ -1,0 +1,75 @@
+# Evaluation: ensembles, baselines, metric tables and figures. Evaluation-only
+# settings live here, so changing them never retrains.
+
+
+rule sample:
+    input:
+        store=results("priors/{split}.h5"),
+        deterministic=results("models/deterministic.pt"),
+        residual=results("models/residual.pt"),
+    output:
+        results("samples/{split}_ensemble.nc"),
+    log:
+        logs("sample/{split}"),
+    benchmark:
+        benchmarks("sample/{split}")
+    params:
+        members=config["evaluate"]["ensemble_size"],
+        steps=config["evaluate"]["sampler_steps"],
+        s_churn=config["evaluate"]["s_churn"],
+        seed=config["seed"],
+        device=config["train"]["device"],
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/evaluate.yaml"
+    script:
+        "../../scripts/sample.py"
+
+
+rule baselines:
+    input:
+        unpack(get_baseline_input),
+    output:
+        results("baselines/{split}_{baseline}.nc"),
+    log:
+        logs("baselines/{split}_{baseline}"),
+    benchmark:
+        benchmarks("baselines/{split}_{baseline}")
+    params:
+        device=config["train"]["device"],
+    wildcard_constraints:
+        baseline="bicubic|bilinear|deterministic",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/evaluate.yaml"
+    script:
+        "../../scripts/baselines.py"
+
+
+rule metrics:
+    input:
+        store=results(f"priors/{config['evaluate']['split']}.h5"),
+        ensemble=results(f"samples/{config['evaluate']['split']}_ensemble.nc"),
+        baselines=get_baseline_files(),
+    output:
+        metrics=results("metrics.csv"),
+        by_level=results("metrics_by_level.csv"),
+        figures=directory(results("figures")),
+    log:
+        logs("metrics"),
+    benchmark:
+        benchmarks("metrics")
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/evaluate.yaml"
+    script:
+        "../../scripts/metrics.py"

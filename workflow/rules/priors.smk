@@ -1,0 +1,27 @@
+# Vertical physics priors and the HDF5 store read by training and evaluation.
+
+
+rule priors:
+    input:
+        unpack(get_priors_input),
+    output:
+        results("priors/{split}.h5"),
+    log:
+        logs("priors/{split}"),
+    benchmark:
+        benchmarks("priors/{split}")
+    params:
+        period=get_split_period,
+        levels=config["levels"],
+        priors=config["priors"]["names"],
+        upsample=config["regrid"]["upsample"],
+        scale_factor=config["grid"]["scale_factor"],
+        config_hash=config_hash(config),
+    threads: 1
+    resources:
+        mem_mb=heavy_mem_mb,
+        runtime=60,
+    conda:
+        "../../envs/priors.yaml"
+    script:
+        "../../scripts/priors.py"

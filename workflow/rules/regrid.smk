@@ -1,0 +1,43 @@
+# Regridding: conservative fine -> coarse, then bicubic/bilinear coarse -> fine.
+
+
+rule regrid_weights:
+    output:
+        results("regrid/weights_{method}.nc"),
+    log:
+        logs("regrid_weights/{method}"),
+    benchmark:
+        benchmarks("regrid_weights/{method}")
+    params:
+        grid=config["grid"],
+        backend=config["regrid"]["backend"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/regrid.yaml"
+    script:
+        "../../scripts/regrid_weights.py"
+
+
+rule regrid:
+    input:
+        raw=results("raw/{year}-{month}.nc"),
+        weights=expand(results("regrid/weights_{method}.nc"), method=["conservative", *UPSAMPLERS]),
+    output:
+        results("regrid/{year}-{month}.nc"),
+    log:
+        logs("regrid/{year}-{month}"),
+    benchmark:
+        benchmarks("regrid/{year}-{month}")
+    params:
+        methods=["conservative", *UPSAMPLERS],
+    threads: 1
+    resources:
+        mem_mb=heavy_mem_mb,
+        runtime=30,
+    conda:
+        "../../envs/regrid.yaml"
+    script:
+        "../../scripts/regrid.py"
