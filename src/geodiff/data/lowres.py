@@ -54,7 +54,7 @@ def lowres_dataset(raw: xr.Dataset, regridders: dict[str, Regridder]) -> xr.Data
 def write_lowres(raw_path: str, weight_paths: dict[str, str], out_path: str) -> None:
     """Regrid one month with cached weights and write it atomically."""
     regridders = {m: Regridder.load(p) for m, p in weight_paths.items()}
-    with xr.open_dataset(raw_path, chunks={"time": 16}) as raw:
+    with xr.open_dataset(raw_path, engine="netcdf4", chunks={"time": 16}) as raw:
         ds = lowres_dataset(raw, regridders)
         log.info("regrid %s -> %s (backend %s)", Path(raw_path).name, out_path, ds.attrs["regrid_backend"])
         write_netcdf(ds, out_path)

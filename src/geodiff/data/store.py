@@ -97,12 +97,12 @@ def build_store(
     `stats_from` (the train store) for the others.
     """
     start, stop = pd.Timestamp(period["start"]), pd.Timestamp(period["end"]) + pd.Timedelta(days=1)
-    statics = xr.open_dataset(statics_path)
+    statics = xr.open_dataset(statics_path, engine="netcdf4")
     stats = {v: RunningStats() for v in ["t", *prior_names]}
     with atomic_h5(out_path) as f:
         written = 0
         for raw_path, low_path in tqdm(list(zip(raw_paths, lowres_paths)), desc=f"store {Path(out_path).name}", unit="month"):
-            with xr.open_dataset(raw_path) as raw, xr.open_dataset(low_path) as low:
+            with xr.open_dataset(raw_path, engine="netcdf4") as raw, xr.open_dataset(low_path, engine="netcdf4") as low:
                 keep = (raw["time"].values >= np.datetime64(start)) & (raw["time"].values < np.datetime64(stop))
                 raw, low = raw.isel(time=keep).load(), low.isel(time=keep).load()
                 if raw.sizes["time"] == 0:

@@ -45,6 +45,8 @@ FRONT_WIDTH_DEG = 0.25
 """Half-width of a front's tanh step, degrees."""
 T_TROPOPAUSE_MIN = 208.0
 """Coldest tropopause temperature, K."""
+TROPOPAUSE_SMOOTH = 1.5
+"""Temperature scale of the smooth transition into the stratosphere, K."""
 EPOCH = np.datetime64("2000-01-01T00:00")
 
 
@@ -100,7 +102,7 @@ def _large_scale(days: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> dict[str
     wave1 = np.sin(np.deg2rad(2.0 * lo * 3 + 45 * np.rad2deg(la)) - 2 * np.pi * t / 4.3)
     wave2 = np.sin(np.deg2rad(3.0 * lo * 3 - 30 * np.rad2deg(la)) - 2 * np.pi * t / 2.7 + 1.3)
     t_sl = 302.0 - 38.0 * np.sin(la) ** 2 + 11.0 * season + 4.0 * wave1 + 2.5 * wave2
-    gamma = 1e-3 * np.clip(6.8 + 1.6 * wave2 - 1.0 * wave1 + 0.8 * season, 4.0, 9.8)
+    gamma = 1e-3 * np.clip(6.6 + 1.4 * wave2 - 0.9 * wave1 + 0.6 * season, 4.0, 9.8)
     z_1000 = 110.0 + 90.0 * wave1 - 40.0 * wave2
     z_tp = 11500.0 - 3000.0 * (np.sin(la) - np.sin(np.deg2rad(45.0))) + 600.0 * wave1
     z_tp = np.minimum(z_tp, (t_sl - T_TROPOPAUSE_MIN) / gamma)  # a steep lapse rate meets a lower tropopause
@@ -129,15 +131,17 @@ def synthetic_month(config: dict, year: int, month: int) -> xr.Dataset:
         free = f["t_sl"] - f["gamma"] * z
         t_tp = f["t_sl"] - f["gamma"] * f["z_tp"]
         strat = t_tp + 1e-3 * (z - f["z_tp"])
-        blend = 1.0 / (1.0 + np.exp(-(z - f["z_tp"]) / 400.0))
         above_ground = np.clip(z - orog, 0.0, None)
         # boundary layer over land: +6 K in the afternoon, -8 K night-time inversion, stronger in summer
         amp = lsm * (np.where(f["diurnal"] > 0, 6.0, 8.0) * f["diurnal"]) * (1.0 + 0.3 * f["season"])
         bl = amp * np.exp(-above_ground / H_BL)
-        tilt = 2e-4 * z  # fronts lean westward with height, radians of phase per m
+        tilt = 5e-5 * z  # fronts lean about 1 degree of longitude per km of height, radians of phase per m
         front = FRONT_JUMP * np.tanh(np.sin(f["front_phase"] + tilt) / np.deg2rad(FRONT_WIDTH_DEG * 3))
         front *= np.exp(-z / 6000.0)
-        return free + (strat - free) * blend + bl + front + NOISE_RMS * noise
+        # smooth maximum (log-sum-exp over TROPOPAUSE_SMOOTH K): its lapse rate is a convex
+        # combination of the two, so the tropopause never makes the column super-adiabatic
+        base = np.logaddexp(free / TROPOPAUSE_SMOOTH, strat / TROPOPAUSE_SMOOTH) * TROPOPAUSE_SMOOTH
+        return base + bl + front + NOISE_RMS * noise
 
     z_std = 44330.8 * (1.0 - (levels / 1013.25) ** 0.190263)  # standard atmosphere, m
     height = np.broadcast_to(z_std[None, :, None, None], noise.shape) + f["z_1000"]

@@ -75,9 +75,9 @@ def write_tables(store_path: str, ensemble_path: str, baseline_paths: list[str],
         scale_factor = int(f.attrs["scale_factor"])
     predictions = {}
     for path in baseline_paths:
-        with xr.open_dataset(path) as ds:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
             predictions[ds.attrs["method"]] = ds["t"].load()
-    with xr.open_dataset(ensemble_path) as ds:
+    with xr.open_dataset(ensemble_path, engine="netcdf4") as ds:
         ensemble = ds["t"].load()
     table = metric_table(truth, predictions, ensemble, scale_factor)
     if table["value"].isna().any():

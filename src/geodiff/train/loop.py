@@ -90,13 +90,17 @@ def _train(stage, train_path, val_path, out_path, logdir, config, deterministic_
         sigma_data = estimate_sigma_data(deterministic, loader, device)
     else:
         sigma_data = None
-    model = build_model(stage, config, n_levels=len(info["levels"]), n_priors=len(prior_names), sigma_data=sigma_data).to(device)
+    stats = dataset.t_mean.ravel(), dataset.t_std.ravel()
+    model = build_model(stage, config, n_levels=len(info["levels"]), n_priors=len(prior_names), sigma_data=sigma_data)
+    model.t_mean.copy_(torch.from_numpy(stats[0]))
+    model.t_std.copy_(torch.from_numpy(stats[1]))
+    model.prior_names = prior_names
+    model = model.to(device)
     ddp = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None) if ctx.distributed else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(tcfg["lr"]), weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total_steps))
     ema = EMA(model, decay=float(tcfg.get("ema_decay", 0.999)))
     amp = bool(tcfg.get("amp", True)) and device.startswith("cuda")
-    stats = dataset.t_mean.ravel(), dataset.t_std.ravel()
     physics = PhysicsLoss(config["loss"], info["levels"], torch.from_numpy(stats[0]), torch.from_numpy(stats[1])).to(device)
 
     ckpt_path = Path(f"{out_path}.ckpt")
@@ -162,8 +166,6 @@ def _train(stage, train_path, val_path, out_path, logdir, config, deterministic_
             "stage": stage,
             "model": final.state_dict(),
             "arch": final.arch,
-            "t_mean": torch.from_numpy(stats[0]),
-            "t_std": torch.from_numpy(stats[1]),
             "levels": torch.from_numpy(info["levels"]),
             "prior_names": prior_names,
             "config": config,

@@ -1,0 +1,104 @@
+"""The two GeoDiff models as trainable modules, their construction from config and loading.
+
+* `DeterministicModel`: ŷ = x + U(x, statics, priors), with x the normalised
+  interpolated coarse temperature (the U-Net learns the correction to the input).
+* `ResidualModel`: the EDM-preconditioned denoiser D(r; σ, cond, priors) of the
+  residual r = y − ŷ, conditioned on cond = [ŷ, x, statics].
+
+Both carry their normalisation stats (`t_mean`, `t_std`, K, per level) as buffers and
+an `arch` dict from which `load_model` rebuilds them: a model file is data, never code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from geodiff.constants import STATICS
+from geodiff.model.edm import EDMPrecond
+from geodiff.model.unet import UNet3D
+from geodiff.train.checkpoint import load_checkpoint
+
+
+def broadcast_static(static: torch.Tensor, n_levels: int) -> torch.Tensor:
+    """[B, S, H, W] statics -> [B, S, L, H, W], the same at every level."""
+    return static.unsqueeze(2).expand(-1, -1, n_levels, -1, -1)
+
+
+class _Normalised(nn.Module):
+    def __init__(self, n_levels: int) -> None:
+        super().__init__()
+        self.register_buffer("t_mean", torch.zeros(n_levels))
+        self.register_buffer("t_std", torch.ones(n_levels))
+        self.prior_names: list[str] = []
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised [..., L, H, W] -> K."""
+        return x * self.t_std[:, None, None] + self.t_mean[:, None, None]
+
+
+class DeterministicModel(_Normalised):
+    """ŷ = x + U-Net([x, statics], priors), all [B, 1, L, H, W] in normalised units."""
+
+    def __init__(self, n_levels: int, n_priors: int, width: int, depth: int) -> None:
+        super().__init__(n_levels)
+        self.arch = dict(stage="deterministic", n_levels=n_levels, n_priors=n_priors, width=width, depth=depth)
+        self.net = UNet3D(1 + len(STATICS), 1, prior_channels=n_priors, width=width, depth=depth)
+
+    def forward(self, lr_up: torch.Tensor, static: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([lr_up, broadcast_static(static, lr_up.shape[2])], dim=1)
+        return lr_up + self.net(x, priors if priors.numel() else None)
+
+
+class ResidualModel(_Normalised):
+    """EDM denoiser of the residual: D(r; σ) with conditioning [ŷ, x, statics] and priors."""
+
+    def __init__(self, n_levels: int, n_priors: int, width: int, depth: int, sigma_data: float) -> None:
+        super().__init__(n_levels)
+        self.arch = dict(stage="residual", n_levels=n_levels, n_priors=n_priors, width=width, depth=depth, sigma_data=sigma_data)
+        n_cond = 2 + len(STATICS)
+        net = UNet3D(1 + n_cond, 1, prior_channels=n_priors, width=width, depth=depth, noise_channels=width)
+        self.precond = EDMPrecond(net, sigma_data=sigma_data)
+        self.sigma_data = sigma_data
+
+    @staticmethod
+    def condition(deterministic: torch.Tensor, batch: dict) -> torch.Tensor:
+        """[ŷ, x, statics] as [B, 2 + S, L, H, W]."""
+        lr_up = batch["lr_up"]
+        return torch.cat([deterministic, lr_up, broadcast_static(batch["static"], lr_up.shape[2])], dim=1)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, priors: torch.Tensor | None = None) -> torch.Tensor:
+        return self.precond(x, sigma, cond, priors if priors is not None and priors.numel() else None)
+
+
+def build_model(stage: str, config: dict, n_levels: int, n_priors: int, sigma_data: float | None = None) -> nn.Module:
+    """A fresh model of `stage` sized by config `model`."""
+    width, depth = int(config["model"]["width"]), int(config["model"]["depth"])
+    if stage == "deterministic":
+        return DeterministicModel(n_levels, n_priors, width, depth)
+    return ResidualModel(n_levels, n_priors, width, depth, float(sigma_data))
+
+
+def load_model(path: str, device: str = "cpu") -> nn.Module:
+    """Rebuild a model from its file (weights-only load) with its stats and prior names."""
+    state = load_checkpoint(path, map_location=device)
+    arch = dict(state["arch"])
+    stage = arch.pop("stage")
+    model = DeterministicModel(**arch) if stage == "deterministic" else ResidualModel(**arch)
+    model.load_state_dict(state["model"])
+    model.prior_names = list(state["prior_names"])
+    return model.to(device)
+
+
+@torch.no_grad()
+def estimate_sigma_data(deterministic: nn.Module, loader, device: str, max_batches: int = 20) -> float:
+    """Standard deviation of the residual y − ŷ over training batches (normalised units)."""
+    sq, n = 0.0, 0
+    for i, batch in enumerate(loader):
+        if i >= max_batches:
+            break
+        batch = {k: v.to(device) for k, v in batch.items()}
+        r = batch["hr"] - deterministic(batch["lr_up"], batch["static"], batch["priors"])
+        sq += float((r**2).sum())
+        n += r.numel()
+    return max((sq / n) ** 0.5, 1e-3)
