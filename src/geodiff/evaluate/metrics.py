@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from geodiff.constants import LAT, LEVEL
+from geodiff.constants import LAT, LEVEL, LON
 from geodiff.physics import thermo
 
 MEMBER = "member"
