@@ -1,0 +1,370 @@
+"""Vertical physics: thermo formulas (numpy and torch) against MetPy, physical limits, priors.
+
+MetPy's constants differ from GeoDiff's (DESIGN.md section 5): MetPy has
+R_d = 287.04749 J kg-1 K-1 and c_p = 3.5 R_d, GeoDiff R_d = 287.04, c_p = 1004.64.
+Both give κ = R_d/c_p = 2/7 (to 1e-16) and g = 9.80665 m s-2, so θ and N² are compared
+directly; σ = -(R_d T/p) ∂lnθ/∂p is linear in R_d, so MetPy's σ is rescaled by
+R_d(GeoDiff)/R_d(MetPy) before comparing (`_metpy_reference`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geodiff.constants import C_P, G, KAPPA, P0_HPA, R_D
+from geodiff.physics import thermo
+from geodiff.physics.priors import PRIORS, compute_priors
+
+with warnings.catch_warnings():  # metpy imports pyproj, which may warn about its PROJ database
+    warnings.simplefilter("ignore")
+    import metpy.calc as mpcalc  # a test dependency: never skipped
+    import metpy.constants as mpconsts
+    from metpy.units import units
+
+LEVELS = np.array([1000.0, 925.0, 850.0, 700.0, 500.0, 400.0, 300.0, 200.0])
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+GFS = REAL / "gfs" / "GFS_test.nc"
+RTOL_METPY = 1e-5
+RTOL_TORCH = 1e-6
+
+
+def _columns(rng: np.random.Generator, shape: tuple[int, ...] = (3, 5, 6), levels: np.ndarray = LEVELS) -> np.ndarray:
+    """Temperature [N, L, H, W] in K: a 6.5 K/km troposphere with a 216.65 K cap, plus noise of 1.5 K."""
+    z_std = 288.15 / 6.5e-3 * (1 - (levels / 1013.25) ** (R_D * 6.5e-3 / G))
+    profile = np.maximum(288.15 - 6.5e-3 * z_std, 216.65)
+    n, h, w = shape
+    return profile[None, :, None, None] + rng.normal(0.0, 1.5, (n, levels.size, h, w))
+
+
+def _metpy_reference(t: np.ndarray, p_hpa: np.ndarray, height: np.ndarray, axis: int) -> dict[str, np.ndarray]:
+    """θ, σ (rescaled to GeoDiff's R_d), N² and lapse rate from MetPy, level axis `axis` of t."""
+    shape = [1] * t.ndim
+    shape[axis] = p_hpa.size
+    p = units.Quantity(p_hpa.reshape(shape), "hPa")
+    temperature = units.Quantity(t, "K")
+    z = units.Quantity(height, "m")
+    theta = mpcalc.potential_temperature(p, temperature)
+    sigma = mpcalc.static_stability(p, temperature, vertical_dim=axis).m_as("J kg^-1 Pa^-2")
+    return {
+        "theta": theta.m_as("K"),
+        "static_stability": sigma * (R_D / mpconsts.Rd.m_as("J kg^-1 K^-1")),
+        "n2": mpcalc.brunt_vaisala_frequency_squared(z, theta, vertical_dim=axis).m_as("s^-2"),
+        "lapse_rate": -mpcalc.first_derivative(temperature, x=z, axis=axis).m_as("K/km"),
+    }
+
+
+def _ours(t, p, height, axis: int) -> dict:
+    """The same diagnostics from geodiff.physics.thermo (numpy or torch, as given)."""
+    return {
+        "theta": thermo.potential_temperature(t, p, axis=axis),
+        "static_stability": thermo.static_stability(t, p, axis=axis),
+        "n2": thermo.brunt_vaisala_frequency_squared(t, height, p, axis=axis),
+        "lapse_rate": thermo.lapse_rate(t, height, axis=axis),
+    }
+
+
+def _assert_close_to_metpy(t: np.ndarray, p: np.ndarray, height: np.ndarray, axis: int) -> None:
+    """numpy and torch (float64) forms agree with MetPy to RTOL_METPY, elementwise."""
+    reference = _metpy_reference(t, p, height, axis)
+    ours_np = _ours(t, p, height, axis)
+    ours_torch = _ours(torch.from_numpy(t), torch.from_numpy(p), torch.from_numpy(height), axis)
+    for name, ref in reference.items():
+        assert isinstance(ours_np[name], np.ndarray) and isinstance(ours_torch[name], torch.Tensor)
+        atol = 1e-12 * np.abs(ref).max()  # only for values that are 0 up to rounding
+        np.testing.assert_allclose(ours_np[name], ref, rtol=RTOL_METPY, atol=atol, err_msg=f"numpy {name}")
+        np.testing.assert_allclose(ours_torch[name].numpy(), ref, rtol=RTOL_METPY, atol=atol, err_msg=f"torch {name}")
+
+
+def _real_data_dir() -> Path:
+    """../shared/data/real beside the checkout; skipped when absent, except under CI=true (fails)."""
+    if not GFS.is_file():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"real sample data missing under CI=true: {GFS}")
+        pytest.skip(f"real sample data not found: {GFS}")
+    return REAL
+
+
+@pytest.fixture(scope="module")
+def gfs() -> dict[str, np.ndarray]:
+    """GFS_test.nc turned to GeoDiff's order (surface upward): T (K), Z (m), p (hPa), float64."""
+    xr = pytest.importorskip("xarray")
+    path = _real_data_dir() / "gfs" / "GFS_test.nc"
+    # h5netcdf: the netCDF4 engine aborts at interpreter exit in this environment (double free)
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        assert ds["isobaric3"].attrs["units"] == "Pa"
+        assert ds["Geopotential_height_isobaric"].attrs["units"] == "gpm"
+        p_pa = ds["isobaric3"].values.astype(np.float64)
+        order = np.argsort(-p_pa)  # file: 10 Pa ... 1000 hPa; GeoDiff: 1000 hPa first
+        t = ds["Temperature_isobaric"].values.astype(np.float64)[:, order]
+        z = ds["Geopotential_height_isobaric"].values.astype(np.float64)[:, order]
+    assert t.shape == (1, 26, 46, 101)
+    return {"t": t, "z": z, "p": p_pa[order] / 100.0}
+
+
+# --------------------------------------------------------------------------
+# numpy vs torch
+# --------------------------------------------------------------------------
+def test_numpy_and_torch_forms_agree() -> None:
+    rng = np.random.default_rng(1)
+    t = _columns(rng)
+    zb = rng.uniform(-50.0, 800.0, t.shape[-2:])
+    tt, pt, zbt = torch.from_numpy(t), torch.from_numpy(LEVELS), torch.from_numpy(zb)
+    z = thermo.hypsometric_height(t, LEVELS, z_bottom=zb)
+    zt = thermo.hypsometric_height(tt, pt, z_bottom=zbt)
+    geopotential = G * z
+    pairs = {
+        "theta": (thermo.potential_temperature(t, LEVELS), thermo.potential_temperature(tt, pt)),
+        "theta, p as numpy": (thermo.potential_temperature(t, LEVELS), thermo.potential_temperature(tt, LEVELS)),
+        "height": (z, zt),
+        "thickness": (thermo.layer_thickness(t, LEVELS), thermo.layer_thickness(tt, pt)),
+        "geopotential height": (
+            thermo.geopotential_height(geopotential),
+            thermo.geopotential_height(torch.from_numpy(geopotential)),
+        ),
+        "d/dp 1-D": (thermo.vertical_derivative(t, LEVELS), thermo.vertical_derivative(tt, pt)),
+        "d/dz field": (thermo.vertical_derivative(t, z), thermo.vertical_derivative(tt, zt)),
+        "lapse": (thermo.lapse_rate(t, z), thermo.lapse_rate(tt, zt)),
+        "sigma": (thermo.static_stability(t, LEVELS), thermo.static_stability(tt, pt)),
+        "n2": (
+            thermo.brunt_vaisala_frequency_squared(t, z, LEVELS),
+            thermo.brunt_vaisala_frequency_squared(tt, zt, pt),
+        ),
+    }
+    for name, (a, b) in pairs.items():
+        assert isinstance(a, np.ndarray) and isinstance(b, torch.Tensor), name
+        assert b.dtype == torch.float64 and tuple(b.shape) == a.shape, name
+        np.testing.assert_allclose(b.numpy(), a, rtol=RTOL_TORCH, atol=1e-14 * np.abs(a).max(), err_msg=name)
+    assert z.shape == t.shape and pairs["thickness"][0].shape == (3, 7, 5, 6)
+    np.testing.assert_array_equal(z[:, 0], np.broadcast_to(zb, z[:, 0].shape))
+
+
+def test_torch_float32_keeps_dtype() -> None:
+    t = torch.from_numpy(_columns(np.random.default_rng(2))).float()
+    sigma = thermo.static_stability(t, LEVELS)
+    assert sigma.dtype == torch.float32
+    ref = thermo.static_stability(t.double().numpy(), LEVELS)
+    np.testing.assert_allclose(sigma.numpy(), ref, rtol=1e-3, atol=1e-4 * np.abs(ref).max())
+
+
+# --------------------------------------------------------------------------
+# MetPy
+# --------------------------------------------------------------------------
+def test_matches_metpy_on_synthetic_columns() -> None:
+    rng = np.random.default_rng(3)
+    t = _columns(rng)
+    z = thermo.hypsometric_height(t, LEVELS, z_bottom=110.0)
+    _assert_close_to_metpy(t, LEVELS, z, axis=1)
+    # level axis elsewhere and 1-D heights: one column, [L] with axis=0 and [H, L] with axis=-1
+    col = t[0, :, 0, 0]
+    _assert_close_to_metpy(col, LEVELS, z[0, :, 0, 0], axis=0)
+    rows = np.moveaxis(t[0, :, :, 0], 0, -1).copy()
+    _assert_close_to_metpy(rows, LEVELS, np.moveaxis(z[0, :, :, 0], 0, -1).copy(), axis=-1)
+
+
+def test_matches_metpy_on_gfs(gfs: dict[str, np.ndarray]) -> None:
+    _assert_close_to_metpy(gfs["t"], gfs["p"], gfs["z"], axis=1)
+
+
+def test_vertical_derivative_matches_metpy_first_derivative() -> None:
+    rng = np.random.default_rng(4)
+    x = np.cumsum(rng.uniform(0.2, 3.0, 9))  # uneven
+    f = rng.normal(size=(4, 9, 3))
+    ref = mpcalc.first_derivative(f, x=x, axis=1).m_as("")
+    np.testing.assert_allclose(thermo.vertical_derivative(f, x, axis=1), ref, rtol=1e-12, atol=1e-12)
+    x_field = x[None, :, None] + rng.uniform(0, 0.1, (4, 9, 3))  # positions vary by column
+    ref = mpcalc.first_derivative(f, x=x_field, axis=1).m_as("")
+    np.testing.assert_allclose(thermo.vertical_derivative(f, x_field, axis=1), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_vertical_derivative_is_exact_for_quadratics() -> None:
+    x = np.array([0.0, 0.3, 1.0, 1.2, 2.9, 3.0, 5.5])
+    f = 2.0 - 3.0 * x + 0.7 * x**2
+    np.testing.assert_allclose(thermo.vertical_derivative(f, x, axis=0), -3.0 + 1.4 * x, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="at least 3 levels"):
+        thermo.vertical_derivative(f[:2], x[:2], axis=0)
+    with pytest.raises(ValueError, match="levels"):
+        thermo.vertical_derivative(f, x[:5], axis=0)
+
+
+# --------------------------------------------------------------------------
+# physical limits
+# --------------------------------------------------------------------------
+def test_dry_adiabatic_column() -> None:
+    dry = G / C_P * 1000.0  # K/km
+    assert dry == pytest.approx(9.7614, abs=1e-4)
+    for levels, tol in ((LEVELS, 0.02), (np.linspace(1000.0, 200.0, 81), 2e-4)):
+        t = 300.0 * (levels / P0_HPA) ** KAPPA  # θ = 300 K everywhere
+        t = np.broadcast_to(t[:, None, None], (levels.size, 2, 3)).copy()
+        z = thermo.hypsometric_height(t, levels)
+        np.testing.assert_allclose(thermo.potential_temperature(t, levels), 300.0, rtol=1e-14)
+        np.testing.assert_allclose(thermo.lapse_rate(t, z), dry, rtol=0, atol=tol)
+        assert np.abs(thermo.static_stability(t, levels)).max() < 1e-18  # typical σ ~ 1e-6
+        assert np.abs(thermo.brunt_vaisala_frequency_squared(t, z, levels)).max() < 1e-15  # typical N² ~ 1e-4
+        priors = compute_priors(t[None].astype(np.float32), levels, ["lapse_rate", "static_stability", "n2"])
+        np.testing.assert_allclose(priors["lapse_rate"], dry, rtol=0, atol=tol + 1e-3)
+        assert np.abs(priors["static_stability"]).max() < 1e-10
+        assert np.abs(priors["n2"]).max() < 1e-8
+
+
+def test_isothermal_column() -> None:
+    temp = 250.0
+    for levels, tol in ((LEVELS, 0.08), (np.linspace(1000.0, 200.0, 81), 2e-3)):
+        t = np.full((levels.size, 2, 3), temp)
+        z = thermo.hypsometric_height(t, levels)
+        closed = R_D * temp / G * np.log(P0_HPA / levels)  # Z(p) of an isothermal atmosphere, Z(p0) = 0
+        np.testing.assert_allclose(z, np.broadcast_to(closed[:, None, None], t.shape), rtol=1e-13, atol=1e-9)
+        np.testing.assert_allclose(thermo.layer_thickness(t, levels)[:, 0, 0], np.diff(closed), rtol=1e-13)
+        assert np.all(thermo.lapse_rate(t, z) == 0.0)
+        # stable: θ grows with height. Exact values σ = κ R_d T / p² (p in Pa), N² = g² / (c_p T)
+        sigma = thermo.static_stability(t, levels)[:, 0, 0]
+        n2 = thermo.brunt_vaisala_frequency_squared(t, z, levels)[:, 0, 0]
+        assert np.all(sigma > 0) and np.all(n2 > 0)
+        np.testing.assert_allclose(sigma, KAPPA * R_D * temp / (levels * 100.0) ** 2, rtol=tol)
+        np.testing.assert_allclose(n2, G**2 / (C_P * temp), rtol=tol / 10)
+    levels = LEVELS
+    t = np.full((2, levels.size, 2, 3), temp)
+    closed = R_D * temp / G * np.log(P0_HPA / levels)
+    z0 = np.array([[0.0, 100.0, -20.0], [5.0, 3000.0, 1.0]])  # e.g. orography under the lowest level
+    z = thermo.hypsometric_height(t, levels, z_bottom=z0)
+    np.testing.assert_allclose(z - z0, np.broadcast_to(closed[:, None, None], t.shape), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(compute_priors(t, levels, ["height"], z_bottom=z0)["height"], z, rtol=1e-6)
+
+
+def test_stable_and_unstable_columns() -> None:
+    # stable: 4 K/km lapse (below the dry 9.76 K/km); unstable: 11 K/km (super-adiabatic)
+    for lapse, sign in ((4.0, 1.0), (11.0, -1.0)):
+        z = np.linspace(0.0, 9000.0, 10)
+        t = 290.0 - lapse * z / 1000.0
+        p = P0_HPA * np.exp(-G / (R_D * 290.0) * z)  # any decreasing pressures
+        t3, p_col = t[:, None, None], p
+        assert np.all(sign * thermo.static_stability(t3, p_col) > 0)
+        z_h = thermo.hypsometric_height(t3, p_col)
+        assert np.all(sign * thermo.brunt_vaisala_frequency_squared(t3, z_h, p_col) > 0)
+
+
+def test_gfs_hypsometric_heights_follow_the_model(gfs: dict[str, np.ndarray]) -> None:
+    """Heights integrated from GFS temperature stay within 60 m of GFS's own heights up to 200 hPa.
+
+    (Dry temperature instead of virtual temperature makes them slightly low.)
+    """
+    z = thermo.hypsometric_height(gfs["t"], gfs["p"], axis=1, z_bottom=gfs["z"][:, 0])
+    top = int(np.flatnonzero(gfs["p"] == 200.0)[0])
+    err = z[:, : top + 1] - gfs["z"][:, : top + 1]
+    assert np.abs(err).max() < 60.0
+    assert -40.0 < err[:, top].mean() < 0.0
+    assert np.abs(z[:, 0] - gfs["z"][:, 0]).max() == 0.0
+    np.testing.assert_allclose(thermo.geopotential_height(G * gfs["z"]), gfs["z"], rtol=1e-15)
+
+
+# --------------------------------------------------------------------------
+# autograd
+# --------------------------------------------------------------------------
+def test_gradient_flows_through_torch_forms() -> None:
+    rng = np.random.default_rng(5)
+    t = torch.from_numpy(_columns(rng, shape=(1, 2, 2))).requires_grad_(True)
+    p = torch.from_numpy(LEVELS)
+    assert torch.autograd.gradcheck(lambda x: thermo.static_stability(x, p), (t,))
+    sigma = thermo.static_stability(t, p)
+    sigma.square().sum().backward()
+    assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+    def n2_and_lapse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = thermo.hypsometric_height(x, p)  # heights depend on T too
+        return thermo.brunt_vaisala_frequency_squared(x, z, p), thermo.lapse_rate(x, z)
+
+    assert torch.autograd.gradcheck(n2_and_lapse, (t.detach().requires_grad_(True),))
+
+
+# --------------------------------------------------------------------------
+# priors
+# --------------------------------------------------------------------------
+def _reference_priors(t: np.ndarray, levels: np.ndarray, z_bottom) -> dict[str, np.ndarray]:
+    t = t.astype(np.float64)
+    z = thermo.hypsometric_height(t, levels, z_bottom=z_bottom)
+    return {
+        "theta": thermo.potential_temperature(t, levels),
+        "lapse_rate": thermo.lapse_rate(t, z),
+        "static_stability": thermo.static_stability(t, levels),
+        "n2": thermo.brunt_vaisala_frequency_squared(t, z, levels),
+        "height": z,
+    }
+
+
+def _assert_priors_close(out: dict[str, np.ndarray], ref: dict[str, np.ndarray], shape: tuple[int, ...]) -> None:
+    """float32 results: 1e-5 relative, or 1e-6 of the field's largest value where it crosses 0."""
+    for name, value in out.items():
+        assert value.dtype == np.float32 and value.shape == shape, name
+        scale = np.abs(ref[name]).max()
+        np.testing.assert_allclose(value, ref[name], rtol=1e-5, atol=1e-6 * scale, err_msg=name)
+
+
+def test_priors_table() -> None:
+    assert set(PRIORS) == {"theta", "lapse_rate", "static_stability", "n2", "height"}
+    assert PRIORS["static_stability"][0] == "J kg-1 Pa-2" and PRIORS["lapse_rate"][0] == "K km-1"
+    assert PRIORS["n2"][0] == "s-2" and PRIORS["theta"][0] == "K" and PRIORS["height"][0] == "m"
+    assert all(isinstance(long_name, str) and long_name for _, long_name in PRIORS.values())
+
+
+def test_compute_priors_matches_thermo(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(6)
+    t = _columns(rng, shape=(5, 12, 10)).astype(np.float32)
+    zb = rng.uniform(0.0, 1500.0, (12, 10))
+    ref = _reference_priors(t, LEVELS, zb)
+    out = compute_priors(t, LEVELS, list(PRIORS), z_bottom=zb)
+    assert list(out) == list(PRIORS)
+    _assert_priors_close(out, ref, t.shape)
+    # small blocks: rows and columns split, two threads; identical numbers
+    import geodiff.physics.priors as priors_module
+
+    monkeypatch.setattr(priors_module, "_BLOCK_ELEMENTS", 8 * 37)
+    for threads in (1, 2):
+        split = compute_priors(t, LEVELS, list(PRIORS), z_bottom=zb, threads=threads)
+        for name in PRIORS:
+            np.testing.assert_array_equal(split[name], out[name], err_msg=name)
+
+
+def test_compute_priors_on_gfs(gfs: dict[str, np.ndarray]) -> None:
+    t = gfs["t"].astype(np.float32)
+    ref = _reference_priors(t, gfs["p"], gfs["z"][:, 0])
+    _assert_priors_close(compute_priors(t, gfs["p"], list(PRIORS), z_bottom=gfs["z"][:, 0]), ref, t.shape)
+
+
+def test_compute_priors_shapes_and_errors() -> None:
+    rng = np.random.default_rng(7)
+    t4 = _columns(rng, shape=(2, 4, 3))
+    single = compute_priors(t4[0], LEVELS, ["static_stability", "theta"])  # [L, H, W], float64 in
+    assert list(single) == ["static_stability", "theta"] and single["theta"].shape == (8, 4, 3)
+    np.testing.assert_allclose(single["theta"], thermo.potential_temperature(t4[0], LEVELS), rtol=1e-6)
+    t5 = np.stack([t4, t4 + 1.0])  # [2, 2, L, H, W]
+    five = compute_priors(t5, LEVELS, ["height"], z_bottom=np.full((2, 2, 4, 3), 10.0))
+    np.testing.assert_allclose(five["height"][1, 0], _reference_priors(t4[0] + 1.0, LEVELS, 10.0)["height"], rtol=1e-6)
+    assert compute_priors(t4, LEVELS, []) == {}
+    # top-down level order: the same numbers, flipped (no height: z_bottom is the top then)
+    names = ["theta", "lapse_rate", "static_stability", "n2"]
+    up, down = compute_priors(t4, LEVELS, names), compute_priors(t4[:, ::-1], LEVELS[::-1], names)
+    for name in names:
+        np.testing.assert_allclose(down[name][:, ::-1], up[name], rtol=1e-5, atol=1e-6 * np.abs(up[name]).max())
+    with pytest.raises(ValueError, match="unknown priors"):
+        compute_priors(t4, LEVELS, ["vorticity"])
+    with pytest.raises(ValueError, match="levels"):
+        compute_priors(t4, LEVELS[:-1], ["theta"])
+    with pytest.raises(ValueError, match="monotonic"):
+        compute_priors(t4, np.r_[LEVELS[:3], LEVELS[2], LEVELS[4:]], ["theta"])
+    with pytest.raises(ValueError, match="L, H, W"):
+        compute_priors(t4[0, :, 0], LEVELS, ["theta"])
+
+
+def test_compute_priors_is_fast() -> None:
+    """One month of the default config (124 x 8 x 48 x 48) in well under a second."""
+    t = _columns(np.random.default_rng(8), shape=(124, 48, 48)).astype(np.float32)
+    compute_priors(t, LEVELS, list(PRIORS))
+    start = time.perf_counter()
+    compute_priors(t, LEVELS, list(PRIORS))
+    assert time.perf_counter() - start < 0.5
