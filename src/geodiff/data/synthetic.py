@@ -21,7 +21,6 @@ continuous across months.
 
 from __future__ import annotations
 
-import calendar
 import logging
 
 import numpy as np
@@ -30,6 +29,7 @@ import xarray as xr
 
 from geodiff import __version__
 from geodiff.constants import CF_ATTRS, G, LAT, LEVEL, LON, TIME
+from geodiff.data.canonical import month_times
 from geodiff.data.grid import Grid
 from geodiff.physics.thermo import hypsometric_height
 
@@ -85,12 +85,6 @@ def synthetic_statics(config: dict) -> xr.Dataset:
     )
     ds.attrs.update(source="synthetic", seed=int(config["seed"]), geodiff_version=__version__)
     return ds
-
-
-def month_times(year: int, month: int, hours: list[int]) -> pd.DatetimeIndex:
-    """Every `hours` (UTC) of every day of a month."""
-    days = pd.date_range(f"{year}-{month:02d}-01", periods=calendar.monthrange(year, month)[1], freq="D")
-    return pd.DatetimeIndex([d + pd.Timedelta(hours=h) for d in days for h in sorted(hours)])
 
 
 def _large_scale(days: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> dict[str, np.ndarray]:
