@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 from geodiff import __version__
