@@ -1,10 +1,12 @@
 # Helpers shared by the rules: paths, months, splits, resources and params.
 import json
-
-import pandas as pd
+import os
 
 from geodiff.provenance import config_hash
 from geodiff.workflow import check_splits, months_in_period, months_of_split
+
+# rule jobs (also conda envs without the package installed) import geodiff from this checkout
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [f"{workflow.basedir}/src", os.environ.get("PYTHONPATH")]))
 
 RESULTS = config["results"]
 check_splits(config)
@@ -90,6 +92,17 @@ def get_baseline_input(wildcards):
     if wildcards.baseline == "deterministic":
         inputs["deterministic"] = results("models/deterministic.pt")
     return inputs
+
+
+def get_train_mpi():
+    """The rank launcher of multi-task training jobs ("" for one task: not an MPI job)."""
+    return config["train"]["launcher"] if train_resources("tasks") > 1 else ""
+
+
+def get_train_launch():
+    """Shell prefix that starts the training ranks, e.g. "srun -n 8"."""
+    mpi = get_train_mpi()
+    return f"{mpi} -n {train_resources('tasks')}" if mpi else ""
 
 
 def train_resources(key):

@@ -19,7 +19,7 @@ rule sample:
         s_churn=config["evaluate"]["s_churn"],
         seed=config["seed"],
         device=config["train"]["device"],
-    threads: workflow.cores
+    threads: train_resources("cpus")
     resources:
         mem_mb=8000,
         runtime=60,

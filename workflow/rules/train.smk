@@ -1,6 +1,7 @@
 # Training: the deterministic U-Net, then the EDM diffusion model of its residual.
-# `train.launcher` starts the ranks (e.g. "srun" under profiles/slurm); the CLI
-# detects torchrun, srun or mpirun itself.
+# With train.resources.tasks > 1 the ranks are started by `train.launcher` (srun by
+# default, as snakemake-executor-plugin-slurm expects for mpi jobs); the CLI detects
+# torchrun, srun or mpirun itself.
 
 
 rule train_deterministic:
@@ -15,20 +16,20 @@ rule train_deterministic:
         benchmarks("train_deterministic")
     params:
         config=train_params(),
-        launcher=config["train"]["launcher"],
+        launch=get_train_launch(),
         logdir=results("logs/tensorboard/deterministic"),
-    threads: workflow.cores
+    threads: train_resources("cpus")
     resources:
         nodes=train_resources("nodes"),
         tasks=train_resources("tasks"),
         gpu=train_resources("gpus"),
         mem_mb=train_resources("mem_mb"),
         runtime=train_resources("runtime"),
-        mpi="srun",
+        mpi=get_train_mpi(),
     conda:
         "../../envs/train.yaml"
     shell:
-        "{params.launcher} geodiff train --stage deterministic --train {input.train:q} --val {input.val:q}"
+        "{params.launch} python -m geodiff train --stage deterministic --train {input.train:q} --val {input.val:q}"
         " --out {output:q} --logdir {params.logdir:q} --config-json {params.config:q} > {log:q} 2>&1"
 
 
@@ -45,19 +46,19 @@ rule train_residual:
         benchmarks("train_residual")
     params:
         config=train_params(),
-        launcher=config["train"]["launcher"],
+        launch=get_train_launch(),
         logdir=results("logs/tensorboard/residual"),
-    threads: workflow.cores
+    threads: train_resources("cpus")
     resources:
         nodes=train_resources("nodes"),
         tasks=train_resources("tasks"),
         gpu=train_resources("gpus"),
         mem_mb=train_resources("mem_mb"),
         runtime=train_resources("runtime"),
-        mpi="srun",
+        mpi=get_train_mpi(),
     conda:
         "../../envs/train.yaml"
     shell:
-        "{params.launcher} geodiff train --stage residual --train {input.train:q} --val {input.val:q}"
+        "{params.launch} python -m geodiff train --stage residual --train {input.train:q} --val {input.val:q}"
         " --deterministic {input.deterministic:q} --out {output:q} --logdir {params.logdir:q}"
         " --config-json {params.config:q} > {log:q} 2>&1"

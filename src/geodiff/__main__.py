@@ -1,0 +1,5 @@
+"""`python -m geodiff ...`: the CLI of the interpreter that runs it (the rule's env)."""
+
+from geodiff.cli import main
+
+main()

@@ -1,0 +1,288 @@
+"""Static checks of the per-rule conda environments in envs/.
+
+Convention: an env file *lists every third-party package* that its rules import
+(conda-forge first, pip only for what conda-forge lacks) and does not
+pip-install the repository: ``pip install -e ../..`` would resolve pyproject's
+full dependency list (exact torch pin, snakemake, ...) inside every env. The
+rules reach the ``geodiff`` package through ``PYTHONPATH=<repo>/src``.
+
+What "its rules import" means is computed here, not listed by hand: the rules
+that name the env (``conda:``) give entry points (their ``script:``, or the
+``geodiff <command>`` they run), and imports are followed through
+``src/geodiff`` with :mod:`ast`. Imports guarded by ``try/except ImportError``
+and ``if TYPE_CHECKING`` are optional and not required.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))
+
+#: import name -> package name on conda-forge / PyPI (where they differ, or to be explicit)
+MODULE_TO_PACKAGE = {
+    "numpy": "numpy",
+    "scipy": "scipy",
+    "pandas": "pandas",
+    "xarray": "xarray",
+    "netCDF4": "netcdf4",
+    "h5netcdf": "h5netcdf",
+    "h5py": "h5py",
+    "dask": "dask",
+    "xarray_regrid": "xarray-regrid",
+    "xesmf": "xesmf",
+    "esmpy": "esmpy",
+    "cf_xarray": "cf_xarray",
+    "sparse": "sparse",
+    "cfgrib": "cfgrib",
+    "eccodes": "python-eccodes",
+    "gribapi": "python-eccodes",
+    "cdsapi": "cdsapi",
+    "ecmwf": "ecmwf-datastores-client",
+    "zarr": "zarr",
+    "gcsfs": "gcsfs",
+    "fsspec": "fsspec",
+    "yaml": "pyyaml",
+    "tqdm": "tqdm",
+    "matplotlib": "matplotlib-base",
+    "tensorboard": "tensorboard",
+    "torch": "pytorch",
+    "jsonschema": "jsonschema",
+    "mpi4py": "mpi4py",
+    "metpy": "metpy",
+    "pint": "pint",
+    "requests": "requests",
+    "PIL": "pillow",
+}
+#: conda/pip package names that provide the same modules as another name
+PACKAGE_ALIASES = {"matplotlib": "matplotlib-base", "pytorch-gpu": "pytorch"}
+#: imports that need a package of their own beyond their top-level module's
+IMPLIED = {
+    "torch.utils.tensorboard": "tensorboard",
+    "xarray": "netcdf4",  # the canonical files are NetCDF: xarray needs an engine
+}
+
+
+def load_env(path: Path) -> dict:
+    """The parsed env file."""
+    with open(path, encoding="utf-8") as fh:
+        env = yaml.safe_load(fh)
+    assert isinstance(env, dict), f"{path.name}: not a YAML mapping"
+    return env
+
+
+def spec_name(spec: str) -> str:
+    """Package name of a conda or pip spec: ``conda-forge::xarray>=2024.1`` -> ``xarray``."""
+    spec = spec.split("::")[-1].strip()
+    return re.split(r"[\s=<>!~\[;]", spec, maxsplit=1)[0].lower()
+
+
+def env_packages(env: dict) -> tuple[set[str], list[str]]:
+    """Conda package names and raw pip entries of an env."""
+    conda: set[str] = set()
+    pip: list[str] = []
+    for dep in env.get("dependencies", []):
+        if isinstance(dep, str):
+            conda.add(PACKAGE_ALIASES.get(spec_name(dep), spec_name(dep)))
+        elif isinstance(dep, dict) and "pip" in dep:
+            pip.extend(str(p) for p in dep["pip"])
+    return conda, pip
+
+
+def provided(env: dict) -> set[str]:
+    """Every package name an env installs (conda and pip)."""
+    conda, pip = env_packages(env)
+    return conda | {spec_name(p) for p in pip if not p.startswith("-")}
+
+
+def rule_blocks() -> list[str]:
+    """The text of each rule in the workflow, one string per rule."""
+    blocks: list[str] = []
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")) + [REPO / "Snakefile"]:
+        if smk.is_file():
+            blocks += re.split(r"^(?=rule \w+)", smk.read_text(), flags=re.M)[1:]
+    return blocks
+
+
+def entries_by_env() -> dict[str, list[tuple[Path, str | None]]]:
+    """env file name -> entry points ``(python file, function or None)`` of the rules using it."""
+    out: dict[str, list[tuple[Path, str | None]]] = {}
+    for block in rule_blocks():
+        env = re.search(r"conda:\s*\n?\s*[\"']([^\"']+\.ya?ml)[\"']", block)
+        if env is None:
+            continue
+        entries = out.setdefault(Path(env.group(1)).name, [])
+        script = re.search(r"script:\s*\n?\s*[\"']([^\"']+\.py)[\"']", block)
+        if script is not None:
+            entries.append((REPO / "scripts" / Path(script.group(1)).name, None))
+        for command in re.findall(r"geodiff(?:\.cli)?\s+(train|sample|evaluate)\b", block):
+            entries.append((SRC / "geodiff" / "cli.py", f"cmd_{command}"))
+    return out
+
+
+def _optional_nodes(tree: ast.AST) -> set[int]:
+    """ids of import nodes inside ``try/except ImportError`` or ``if TYPE_CHECKING``."""
+    optional: set[int] = set()
+    for node in ast.walk(tree):
+        guarded: list[ast.stmt] = []
+        if isinstance(node, ast.Try) and any(
+            h.type is not None and re.search(r"\b(ImportError|ModuleNotFoundError)\b", ast.unparse(h.type))
+            for h in node.handlers
+        ):
+            guarded = node.body
+        elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            guarded = node.body
+        for stmt in guarded:
+            optional.update(id(n) for n in ast.walk(stmt) if isinstance(n, ast.Import | ast.ImportFrom))
+    return optional
+
+
+def imports_of(path: Path, function: str | None = None) -> set[str]:
+    """Dotted module names imported by ``path`` (required ones only).
+
+    With ``function``, the module-level imports plus those inside that function.
+    """
+    tree = ast.parse(path.read_text(), filename=str(path))
+    optional = _optional_nodes(tree)
+    if function is None:
+        nodes = list(ast.walk(tree))
+    else:
+        nodes = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+        for fn in tree.body:
+            if isinstance(fn, ast.FunctionDef) and fn.name == function:
+                nodes += list(ast.walk(fn))
+    names: set[str] = set()
+    package = ".".join(path.relative_to(SRC).with_suffix("").parts[:-1]) if path.is_relative_to(SRC) else ""
+    for node in nodes:
+        if id(node) in optional:
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)  # submodules
+    return names
+
+
+def geodiff_file(module: str) -> Path | None:
+    """The source file of a ``geodiff`` module, or None when ``module`` is not one."""
+    base = SRC.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def third_party_imports(entries: list[tuple[Path, str | None]]) -> set[str]:
+    """Third-party modules reached from ``entries`` through src/geodiff.
+
+    Top-level names, plus the dotted names listed in :data:`IMPLIED`.
+    """
+    needed: set[str] = set()
+    seen: set[Path] = set()
+    todo = list(entries)
+    while todo:
+        path, function = todo.pop()
+        key = path if function is None else path.with_name(f"{path.name}:{function}")
+        if key in seen:
+            continue
+        seen.add(key)
+        for module in imports_of(path, function):
+            top = module.split(".")[0]
+            if top == "geodiff":
+                # the package __init__ files on the way are imported too
+                parts = module.split(".")
+                for i in range(1, len(parts) + 1):
+                    found = geodiff_file(".".join(parts[:i]))
+                    if found is not None:
+                        todo.append((found, None))
+            elif top and top not in sys.stdlib_module_names and top != "snakemake":
+                needed.add(top)
+                needed.update(m for m in IMPLIED if module == m or module.startswith(m + "."))
+    return needed
+
+
+def test_env_files_exist_for_every_rule() -> None:
+    used = entries_by_env()
+    assert used, "no rule names a conda env"
+    missing = sorted(name for name in used if not (REPO / "envs" / name).is_file())
+    assert not missing, f"rules name env files that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)
+def test_env_file_is_well_formed(path: Path) -> None:
+    env = load_env(path)
+    assert env.get("name", "").startswith("geodiff-"), f"{path.name}: name should be geodiff-<family>"
+    channels = env.get("channels", [])
+    assert channels and channels[0] == "conda-forge", f"{path.name}: conda-forge must be the first channel"
+    assert (
+        "defaults" not in channels and "nodefaults" in channels
+    ), f"{path.name}: add nodefaults, not defaults"
+    deps = env.get("dependencies")
+    assert isinstance(deps, list) and deps, f"{path.name}: no dependencies"
+    pythons = [d for d in deps if isinstance(d, str) and spec_name(d) == "python"]
+    assert len(pythons) == 1 and re.fullmatch(
+        r"python\s*=\s*3\.\d+(\.\d+)?", pythons[0]
+    ), f"{path.name}: pin python to a minor version (python=3.11), got {pythons}"
+    conda, pip = env_packages(env)
+    if pip:
+        assert "pip" in conda, f"{path.name}: a pip: section needs pip in the conda dependencies"
+    for entry in pip:
+        assert not re.search(r"(^|\s)(-e\s+)?\.\.?(/\.\.)*/?$", entry), (
+            f"{path.name}: pip entry {entry!r} installs the repository with all of pyproject's pins; "
+            "list the dependencies instead (the rules use PYTHONPATH=src)"
+        )
+
+
+def test_same_python_everywhere() -> None:
+    versions = set()
+    for path in ENV_FILES:
+        deps = load_env(path)["dependencies"]
+        versions |= {d.replace(" ", "") for d in deps if isinstance(d, str) and spec_name(d) == "python"}
+    assert len(versions) == 1, f"envs disagree on python: {versions}"
+    minor = int(versions.pop().split(".")[1])
+    requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    floor = re.search(r">=\s*3\.(\d+)", requires)
+    assert floor is None or minor >= int(
+        floor.group(1)
+    ), f"python=3.{minor} is below requires-python {requires}"
+
+
+@pytest.mark.parametrize("name", sorted(entries_by_env()))
+def test_env_provides_every_import(name: str) -> None:
+    entries = entries_by_env()[name]
+    assert entries, f"rules using {name} have neither script: nor a geodiff command"
+    env = load_env(REPO / "envs" / name)
+    have = provided(env)
+    needed = third_party_imports(entries)
+    unknown = sorted(m for m in needed if m not in MODULE_TO_PACKAGE and m not in IMPLIED)
+    assert not unknown, f"add the conda package of {unknown} to MODULE_TO_PACKAGE in {Path(__file__).name}"
+    packages = {IMPLIED[m] if m in IMPLIED else MODULE_TO_PACKAGE[m] for m in needed}
+    missing = sorted(packages - have)
+    assert not missing, f"envs/{name} lacks {missing}, imported by its rules ({sorted(needed)})"
+
+
+def test_shell_rules_do_not_bypass_their_env() -> None:
+    # the `geodiff` console script is not in a conda env (the repo is not pip-installed there);
+    # a bare `geodiff` would run the launching environment's copy instead
+    offenders = [
+        block.split(":", 1)[0]
+        for block in rule_blocks()
+        if re.search(r"conda:", block)
+        and re.search(r"(?<![.\w/-])geodiff\s+(train|sample|evaluate)\b", block)
+    ]
+    assert not offenders, f"use `python -m geodiff ...` (PYTHONPATH=src) in: {offenders}"

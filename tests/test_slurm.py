@@ -1,0 +1,173 @@
+"""On a real local SLURM cluster: srun DDP, sbatch, and the workflow through profiles/slurm."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ddp_worker import check_results, run_group
+from geodiff.train.distributed import expand_hostlist
+from slurm_cluster import ClusterInfo
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("ddp_worker.py")
+VENV_BIN = Path(sys.executable).parent
+
+
+def clean_env() -> dict[str, str]:
+    """This environment minus launcher variables, with the venv's programs first on PATH.
+
+    Jobs inherit it (sbatch --export=ALL), so they find this Python, geodiff and snakemake.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "OMPI_", "PMI_", "PMIX_"))
+        and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def test_hostlist_matches_scontrol(slurm_cluster: ClusterInfo) -> None:
+    spec = "node[1-2,5],gpu[08-10],login1"
+    out = subprocess.run(
+        ["scontrol", "show", "hostnames", spec], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert expand_hostlist(spec) == out.stdout.split()
+
+
+@pytest.mark.parametrize(
+    ("layout", "local_ranks"),
+    [(["-N", "2", "-n", "2"], [0, 0]), (["-N", "1", "-n", "2"], [0, 1])],
+    ids=["two-nodes", "one-node"],
+)
+def test_ddp_srun(
+    slurm_cluster: ClusterInfo, tmp_path: Path, layout: list[str], local_ranks: list[int]
+) -> None:
+    cmd = ["srun", *layout, "--time=5", sys.executable, str(WORKER), "--out", str(tmp_path)]
+    proc = run_group(cmd, timeout=120, env=clean_env())
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    records = check_results(tmp_path, "srun")
+    assert [r["local_rank"] for r in records] == local_ranks
+    # rank 0 runs on the first node of the step; its name was resolved to an address
+    assert records[0]["master_addr"] == "127.0.0.1"
+
+
+def test_sbatch_job_completes(slurm_cluster: ClusterInfo, tmp_path: Path) -> None:
+    script = tmp_path / "job.sh"
+    script.write_text(
+        "#!/bin/bash\n"
+        "#SBATCH --job-name=geodiff-test\n"
+        "#SBATCH --ntasks=2\n"
+        "#SBATCH --time=5\n"
+        f"#SBATCH --output={tmp_path}/job-%j.out\n"
+        "set -euo pipefail\n"
+        'srun hostname > "$SLURM_SUBMIT_DIR/hosts.txt"\n'
+        'echo "done $SLURM_JOB_ID"\n'
+    )
+    proc = subprocess.run(
+        ["sbatch", "--parsable", str(script)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=clean_env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip().split(";")[0]
+    state = wait_for_job(job_id, timeout=120)
+    assert (tmp_path / f"job-{job_id}.out").read_text().strip() == f"done {job_id}"
+    assert len((tmp_path / "hosts.txt").read_text().split()) == 2
+    assert re.search(r"JobState=COMPLETED\b", state), state
+    assert "ExitCode=0:0" in state
+
+
+def wait_for_job(job_id: str, timeout: float) -> str:
+    """Poll ``scontrol show job`` until the job leaves the queue's active states; return its record."""
+    deadline = time.monotonic() + timeout
+    record = ""
+    while time.monotonic() < deadline:
+        record = subprocess.run(
+            ["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+        if not re.search(r"JobState=(PENDING|CONFIGURING|RUNNING|COMPLETING)\b", record):
+            return record
+        time.sleep(0.2)
+    subprocess.run(["scancel", job_id], check=False, timeout=30)
+    raise AssertionError(f"job {job_id} not finished after {timeout:.0f} s:\n{record}")
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the working tree's source files (git-tracked or untracked-but-not-ignored) to ``dest``."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO, capture_output=True, check=True, timeout=60,
+    ).stdout.decode()  # fmt: skip
+    for rel in filter(None, listed.split("\0")):
+        src = REPO / rel
+        if src.is_file():
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+    return dest
+
+
+#: The test cluster answers at once: poll it often (the profile's defaults suit real clusters).
+FAST_POLLING = [
+    "--slurm-init-seconds-before-status-checks", "1",
+    "--seconds-between-status-checks", "2",
+    "--latency-wait", "5",
+    "--retries", "0",
+]  # fmt: skip
+
+DDP_SNAKEFILE = """
+rule ddp:
+    output:
+        expand("ddp/rank{{rank}}.json", rank=range(2)),
+    resources:
+        nodes=2,
+        tasks=2,
+        mpi="srun",
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "{{resources.mpi}} -n {{resources.tasks}} {python} {worker} --out ddp"
+"""
+
+
+def test_snakemake_mpi_rule_runs_ddp(slurm_cluster: ClusterInfo, tmp_path: Path) -> None:
+    # what the training rules do: profiles/slurm submits the job, its shell starts the ranks with srun
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    (tmp_path / "Snakefile").write_text(DDP_SNAKEFILE.format(python=sys.executable, worker=WORKER))
+    cmd = [str(VENV_BIN / "snakemake"), "--profile", "profiles/slurm", *FAST_POLLING]
+    proc = run_group(cmd, timeout=180, env=clean_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert "SLURM jobid" in proc.stdout, proc.stdout[-3000:]
+    records = check_results(tmp_path / "ddp", "srun")
+    assert [r["local_rank"] for r in records] == [0, 0]  # one rank on each emulated node
+
+
+@pytest.mark.slow
+def test_workflow_on_slurm(slurm_cluster: ClusterInfo, tmp_path: Path) -> None:
+    if not (REPO / "Snakefile").is_file() or not (REPO / "config" / "test.yaml").is_file():
+        pytest.fail("Snakefile or config/test.yaml missing: the workflow is part of the repository")
+    work = copy_repo(tmp_path / "repo")
+    cmd = [
+        str(VENV_BIN / "snakemake"),
+        "--profile",
+        "profiles/slurm",
+        "--configfile",
+        "config/test.yaml",
+        *FAST_POLLING,
+    ]
+    proc = run_group(cmd, timeout=420, env=clean_env(), cwd=work)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert "SLURM jobid" in proc.stdout, "no job went through sbatch:\n" + proc.stdout[-3000:]
+    metrics = work / "results" / "metrics.csv"
+    assert metrics.is_file() and metrics.stat().st_size > 0, proc.stdout[-3000:]
