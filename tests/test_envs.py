@@ -283,6 +283,6 @@ def test_shell_rules_do_not_bypass_their_env() -> None:
         block.split(":", 1)[0]
         for block in rule_blocks()
         if re.search(r"conda:", block)
-        and re.search(r"(?<![.\w/-])geodiff\s+(train|sample|evaluate)\b", block)
+        and re.search(r"(?<!-m )(?<![.\w/-])geodiff\s+(train|sample|evaluate)\b", block)
     ]
     assert not offenders, f"use `python -m geodiff ...` (PYTHONPATH=src) in: {offenders}"
