@@ -59,7 +59,7 @@ class ResidualModel(_Normalised):
         n_cond = 2 + len(STATICS)
         net = UNet3D(1 + n_cond, 1, prior_channels=n_priors, width=width, depth=depth, noise_channels=width)
         self.precond = EDMPrecond(net, sigma_data=sigma_data)
-        self.sigma_data = sigma_data
+        self.sigma_data, self.sigma_min, self.sigma_max = sigma_data, self.precond.sigma_min, self.precond.sigma_max
 
     @staticmethod
     def condition(deterministic: torch.Tensor, batch: dict) -> torch.Tensor:

@@ -154,7 +154,7 @@ def _train(stage, train_path, val_path, out_path, logdir, config, deterministic_
         epoch += 1
     progress.close()
 
-    final = ema.shadow_model(model) if stage == "residual" else model
+    final = ema.module if stage == "residual" else model
     metrics = {}
     if is_main(ctx):
         metrics = validate(stage, final, deterministic, val_path, prior_names, device)
