@@ -73,9 +73,10 @@ class ResidualModel(_Normalised):
 
 def build_model(stage: str, config: dict, n_levels: int, n_priors: int, sigma_data: float | None = None) -> nn.Module:
     """A fresh model of `stage` sized by config `model`."""
-    width, depth = int(config["model"]["width"]), int(config["model"]["depth"])
+    depth = int(config["model"]["depth"])
     if stage == "deterministic":
-        return DeterministicModel(n_levels, n_priors, width, depth)
+        return DeterministicModel(n_levels, n_priors, int(config["model"]["width"]), depth)
+    width = int(config["model"].get("residual_width", config["model"]["width"]))
     return ResidualModel(n_levels, n_priors, width, depth, float(sigma_data))
 
 
