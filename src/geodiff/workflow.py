@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pandas as pd
 
 SPLITS = ("train", "val", "test")
@@ -48,3 +50,23 @@ def check_splits(config: dict) -> None:
     for s, (start, stop) in bounds.items():
         if start < first or stop > last:
             raise ValueError(f"splits.{s} lies outside data.period {months[0]}..{months[-1]}")
+
+
+ABLATIONS = {
+    "no_priors": "the U-Net without the physics-prior branch",
+    "no_physics_loss": "the U-Net trained on the Charbonnier data term alone",
+}
+"""Ablations of the deterministic model, each a change to its training config."""
+
+
+def training_config(config: dict, ablation: str | None = None) -> dict:
+    """The keys that define a trained model (never evaluation-only ones), with an ablation applied."""
+    out = {k: copy.deepcopy(config[k]) for k in ("seed", "levels", "priors", "model", "loss")}
+    out["train"] = {k: v for k, v in config["train"].items() if k not in ("resources", "launcher")}
+    if ablation == "no_priors":
+        out["model"]["use_priors"] = False
+    elif ablation == "no_physics_loss":
+        out["loss"] = {k: {**v, "weight": 0.0} if k != "charbonnier" else v for k, v in out["loss"].items()}
+    elif ablation is not None:
+        raise ValueError(f"unknown ablation {ablation!r}: {sorted(ABLATIONS)}")
+    return out

@@ -3,7 +3,7 @@ import json
 import os
 
 from geodiff.provenance import config_hash
-from geodiff.workflow import check_splits, months_in_period, months_of_split
+from geodiff.workflow import check_splits, months_in_period, months_of_split, training_config
 
 # rule jobs (also conda envs without the package installed) import geodiff from this checkout
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [f"{workflow.basedir}/src", os.environ.get("PYTHONPATH")]))
@@ -13,6 +13,7 @@ check_splits(config)
 MONTHS = months_in_period(config["data"]["period"])
 SPLITS = ["train", "val", "test"]
 UPSAMPLERS = ["bicubic", "bilinear"]
+ABLATIONS = config["ablations"]
 
 
 wildcard_constraints:
@@ -70,27 +71,29 @@ def get_priors_input(wildcards):
     return inputs
 
 
-def train_params():
+def train_params(ablation=None):
     """Everything that defines a trained model, and nothing evaluation-only (so evaluation
-    changes never retrain)."""
-    keys = ("seed", "levels", "priors", "model", "loss")
-    params = {k: config[k] for k in keys}
-    params["train"] = {k: v for k, v in config["train"].items() if k not in ("resources", "launcher")}
-    return json.dumps(params, sort_keys=True)
+    changes never retrain); an ablation switches the priors or the physics loss terms off."""
+    return json.dumps(training_config(config, ablation), sort_keys=True)
 
 
 def get_baseline_files():
     """Baseline fields on the evaluation split: interpolations and the deterministic U-Net."""
     split = config["evaluate"]["split"]
-    methods = [*config["evaluate"]["baselines"], "deterministic"]
+    methods = [*config["evaluate"]["baselines"], "deterministic", *(f"ablation_{a}" for a in ABLATIONS)]
     return [results(f"baselines/{split}_{m}.nc") for m in methods]
 
 
+def get_ablation_params(wildcards):
+    """Training params of one ablation of the deterministic U-Net."""
+    return train_params(wildcards.ablation)
+
+
 def get_baseline_input(wildcards):
-    """The split's store, and the deterministic model only for the deterministic baseline."""
+    """The split's store, and the U-Net for the deterministic and ablation baselines."""
     inputs = {"store": results(f"priors/{wildcards.split}.h5")}
-    if wildcards.baseline == "deterministic":
-        inputs["deterministic"] = results("models/deterministic.pt")
+    if wildcards.baseline not in UPSAMPLERS:
+        inputs["deterministic"] = results(f"models/{wildcards.baseline}.pt")
     return inputs
 
 

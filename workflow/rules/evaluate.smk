@@ -41,7 +41,7 @@ rule baselines:
     params:
         device=config["train"]["device"],
     wildcard_constraints:
-        baseline="bicubic|bilinear|deterministic",
+        baseline="|".join(["bicubic", "bilinear", "deterministic", *(f"ablation_{a}" for a in ABLATIONS)]),
     threads: 1
     resources:
         mem_mb=4000,

@@ -62,3 +62,35 @@ rule train_residual:
         "{params.launch} python -m geodiff train --stage residual --train {input.train:q} --val {input.val:q}"
         " --deterministic {input.deterministic:q} --out {output:q} --logdir {params.logdir:q}"
         " --config-json {params.config:q} > {log:q} 2>&1"
+
+
+rule train_ablation:
+    input:
+        train=results("priors/train.h5"),
+        val=results("priors/val.h5"),
+    output:
+        results("models/ablation_{ablation}.pt"),
+    log:
+        logs("train_ablation/{ablation}"),
+    benchmark:
+        benchmarks("train_ablation/{ablation}")
+    params:
+        config=get_ablation_params,
+        launch=get_train_launch(),
+        logdir=results("logs/tensorboard"),
+    wildcard_constraints:
+        ablation="|".join(ABLATIONS),
+    threads: train_resources("cpus")
+    resources:
+        nodes=train_resources("nodes"),
+        tasks=train_resources("tasks"),
+        gpu=train_resources("gpus"),
+        mem_mb=train_resources("mem_mb"),
+        runtime=train_resources("runtime"),
+        mpi=get_train_mpi(),
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "{params.launch} python -m geodiff train --stage deterministic --train {input.train:q} --val {input.val:q}"
+        " --out {output:q} --logdir {params.logdir:q}/ablation_{wildcards.ablation} --config-json {params.config:q}"
+        " > {log:q} 2>&1"

@@ -37,11 +37,11 @@ def write_baseline(store_path: str, method: str, out_path: str, deterministic_pa
     """Write one baseline's prediction on a split as CF NetCDF."""
     if method in INTERPOLATIONS:
         t = read_field(store_path, f"interp/{method}")
-    elif method == "deterministic":
+    elif method == "deterministic" or method.startswith("ablation_"):
         if deterministic_path is None:
-            raise ValueError("the deterministic baseline needs the deterministic model")
+            raise ValueError(f"the {method} baseline needs its U-Net model file")
         t = deterministic_prediction(deterministic_path, store_path, device)
     else:
-        raise ValueError(f"unknown baseline {method!r}: {INTERPOLATIONS + ('deterministic',)}")
+        raise ValueError(f"unknown baseline {method!r}: {INTERPOLATIONS + ('deterministic', 'ablation_<name>')}")
     log.info("baseline %s on %s: %d samples", method, store_path, t.sizes["time"])
     write_prediction(t, method, store_path, out_path)

@@ -1,118 +1,201 @@
-"""EDM diffusion (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based
-Generative Models"): preconditioning, training loss, Heun sampler, ensembles, EMA.
+"""EDM diffusion: preconditioning, training loss, Heun sampler, ensembles and EMA weights.
 
-GeoDiff applies it to the residual r = y − ŷ of the deterministic U-Net, conditioned
-on channels `cond` (CorrDiff, Mardani et al. 2024).
+Karras, Aittala, Aila & Laine 2022, "Elucidating the Design Space of Diffusion-Based
+Generative Models" (NeurIPS), referred to as EDM below. GeoDiff applies it to the
+residual r = y − ŷ of the deterministic U-Net, conditioned on channels `cond`
+(deterministic output, input, statics) and the physics priors: the CorrDiff recipe
+(Mardani et al. 2024, "Residual corrective diffusion modeling for km-scale
+atmospheric downscaling").
+
+Shapes: x, y, r are [B, 1, L, H, W]; cond is [B, C_cond, L, H, W]; priors
+[B, P, L, H, W] or None; sigma is a scalar or [B] (any shape with B elements).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 
 class EDMPrecond(nn.Module):
-    """D(x; σ) = c_skip(σ) x + c_out(σ) F([c_in(σ) x, cond]; c_noise(σ))  (EDM Table 1)."""
+    """Preconditioned denoiser D(x; σ) = c_skip(σ) x + c_out(σ) F([c_in(σ) x, cond], priors; c_noise(σ)).
+
+    EDM Table 1 / eq. 7:
+    c_skip = σd²/(σ² + σd²), c_out = σ σd/√(σ² + σd²), c_in = 1/√(σ² + σd²), c_noise = ln(σ)/4.
+    """
 
     def __init__(
         self,
-        net: nn.Module,  # F: UNet3D with noise conditioning, input channels 1 + cond
-        sigma_data: float = 0.5,  # standard deviation of the data (here: the residual)
-        sigma_min: float = 0.002,  # smallest noise level the sampler uses
-        sigma_max: float = 80.0,  # largest noise level the sampler uses
+        net: nn.Module,  # F: a UNet3D with noise_channels > 0 and in_channels = 1 + C_cond
+        sigma_data: float,  # σd, standard deviation of the data (here: of the residual)
+        sigma_min: float = 0.002,  # smallest noise level the sampler may use
+        sigma_max: float = 80.0,  # largest noise level the sampler may use
     ) -> None:
         super().__init__()
-        self.net, self.sigma_data, self.sigma_min, self.sigma_max = net, sigma_data, sigma_min, sigma_max
+        self.net = net
+        self.sigma_data, self.sigma_min, self.sigma_max = float(sigma_data), float(sigma_min), float(sigma_max)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, priors: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor, priors: torch.Tensor | None = None
+    ) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1, 1)
-        sd = self.sigma_data
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
-        c_in = 1 / (sd**2 + sigma**2).sqrt()
+        sigma_data = self.sigma_data
+        c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+        c_out = sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
+        c_in = 1 / (sigma_data**2 + sigma**2).sqrt()
         c_noise = sigma.log() / 4
-        F_x = self.net(torch.cat([c_in * x, cond.expand(x.shape[0], -1, -1, -1, -1)], dim=1), priors, c_noise.flatten())
-        return c_skip * x + c_out * F_x
+        cond = cond.to(x.dtype).expand(x.shape[0], *cond.shape[1:])
+        F_x = self.net(torch.cat([c_in * x, cond], dim=1), priors, c_noise.flatten())
+        D_x = c_skip * x + c_out * F_x.to(x.dtype)
+        return D_x
 
 
-def edm_loss(D: nn.Module, y: torch.Tensor, cond: torch.Tensor, priors: torch.Tensor | None = None,
-             P_mean: float = -1.2, P_std: float = 1.2) -> torch.Tensor:
-    """Per-element λ(σ) ‖D(y + n; σ) − y‖², ln σ ~ N(P_mean, P_std²), λ = (σ² + σd²)/(σ σd)²  (EDM eq. 8)."""
-    sd = D.sigma_data
-    rnd_normal = torch.randn([y.shape[0], 1, 1, 1, 1], device=y.device)
+def edm_loss(
+    D: nn.Module,
+    y: torch.Tensor,
+    cond: torch.Tensor,
+    priors: torch.Tensor | None = None,
+    P_mean: float = -1.2,
+    P_std: float = 1.2,
+    sigma_data: float | None = None,
+) -> torch.Tensor:
+    """Per-element EDM loss λ(σ) (D(y + n; σ) − y)², n ~ N(0, σ² I), ln σ ~ N(P_mean, P_std²).
+
+    EDM eq. 8 and Table 1: λ(σ) = (σ² + σd²)/(σ σd)², one σ per sample. `sigma_data`
+    defaults to ``D.sigma_data`` (of ``D.module`` when D is wrapped in DistributedDataParallel).
+    Returns a tensor shaped like `y` (take ``.mean()``).
+    """
+    sigma_data = getattr(D, "module", D).sigma_data if sigma_data is None else sigma_data
+    rnd_normal = torch.randn([y.shape[0], 1, 1, 1, 1], device=y.device, dtype=y.dtype)
     sigma = (rnd_normal * P_std + P_mean).exp()
-    weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
     n = torch.randn_like(y) * sigma
     D_yn = D(y + n, sigma, cond, priors)
     return weight * (D_yn - y) ** 2
 
 
+def edm_time_steps(
+    num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, device: Any = None
+) -> torch.Tensor:
+    """EDM eq. 5: t_i = (σmax^(1/ρ) + i/(N−1) (σmin^(1/ρ) − σmax^(1/ρ)))^ρ, i < N, and t_N = 0 (float64, N + 1 values)."""
+    step_indices = torch.arange(num_steps, dtype=torch.float64, device=device)
+    t_steps = (sigma_max ** (1 / rho) + step_indices / max(num_steps - 1, 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
+
+
 @torch.no_grad()
-def edm_sampler(D: nn.Module, cond: torch.Tensor, priors: torch.Tensor | None = None, num_steps: int = 18,
-                sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, S_churn: float = 0.0,
-                S_min: float = 0.0, S_max: float = math.inf, S_noise: float = 1.0,
-                generator: torch.Generator | None = None, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-    """Heun second-order sampler with optional churn (EDM Algorithm 2). Returns x_0 shaped like
-    one channel of `cond` (or `shape`)."""
-    shape = shape or (cond.shape[0], 1, *cond.shape[2:])
-    sigma_min, sigma_max = max(sigma_min, D.sigma_min), min(sigma_max, D.sigma_max)
-    step_indices = torch.arange(num_steps, dtype=torch.float64, device=cond.device)
-    t_steps = (sigma_max ** (1 / rho) + step_indices / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    t_steps = torch.cat([t_steps, torch.zeros_like(t_steps[:1])])  # t_N = 0
-    noise = lambda: torch.randn(shape, generator=generator, device=cond.device, dtype=torch.float64)  # noqa: E731
-    x_next = noise() * t_steps[0]
+def edm_sampler(
+    D: nn.Module,
+    cond: torch.Tensor,
+    priors: torch.Tensor | None = None,
+    num_steps: int = 18,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    S_churn: float = 0.0,
+    S_min: float = 0.0,
+    S_max: float = math.inf,
+    S_noise: float = 1.0,
+    generator: torch.Generator | None = None,
+    shape: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """Heun 2nd-order sampler with stochastic churn, EDM Algorithm 2.
+
+    Integrates dx/dt = (x − D(x; t))/t from t_0 = σmax to t_N = 0 on the eq. 5 schedule;
+    with S_churn > 0 each step first raises the noise level to t̂ = (1 + γ) t,
+    γ = min(S_churn/N, √2 − 1) for t in [S_min, S_max]. The state is kept in float64,
+    D is called in the dtype of `cond`. σmin/σmax are clipped to D's range when D has one.
+    Returns x_0 of `shape` (default [B, 1, L, H, W] from `cond`) in the dtype of `cond`.
+    """
+    shape = tuple(shape) if shape is not None else (cond.shape[0], 1, *cond.shape[2:])
+    sigma_min = max(sigma_min, getattr(D, "sigma_min", sigma_min))
+    sigma_max = min(sigma_max, getattr(D, "sigma_max", sigma_max))
+    dtype = cond.dtype
+
+    def randn() -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=cond.device, dtype=torch.float64)
+
+    # Time step discretisation (eq. 5).
+    t_steps = edm_time_steps(num_steps, sigma_min, sigma_max, rho, device=cond.device)
+
+    # Main sampling loop (Algorithm 2).
+    x_next = randn() * t_steps[0]
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         x_cur = x_next
-        # increase noise temporarily (churn)
+
+        # Increase noise temporarily.
         gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0.0
         t_hat = t_cur + gamma * t_cur
-        x_hat = x_cur + (t_hat**2 - t_cur**2).sqrt() * S_noise * noise() if gamma > 0 else x_cur
-        # Euler step
-        denoised = D(x_hat.float(), t_hat.float(), cond, priors).double()
+        x_hat = x_cur + (t_hat**2 - t_cur**2).sqrt() * S_noise * randn() if gamma > 0 else x_cur
+
+        # Euler step.
+        denoised = D(x_hat.to(dtype), t_hat.to(dtype), cond, priors).double()
         d_cur = (x_hat - denoised) / t_hat
         x_next = x_hat + (t_next - t_hat) * d_cur
-        # second-order correction
+
+        # Apply 2nd order correction.
         if i < num_steps - 1:
-            denoised = D(x_next.float(), t_next.float(), cond, priors).double()
+            denoised = D(x_next.to(dtype), t_next.to(dtype), cond, priors).double()
             d_prime = (x_next - denoised) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
-    return x_next.float()
+
+    return x_next.to(dtype)
 
 
 @torch.no_grad()
-def sample_ensemble(D: nn.Module, cond: torch.Tensor, priors: torch.Tensor | None, members: int, **sampler_kwargs) -> torch.Tensor:
-    """M independent draws for every conditioning sample, batched: returns [M, B, 1, L, H, W]."""
+def sample_ensemble(
+    D: nn.Module, cond: torch.Tensor, priors: torch.Tensor | None, members: int, **sampler_kwargs: Any
+) -> torch.Tensor:
+    """`members` independent residual draws per conditioning sample, in one batched sampler run.
+
+    cond [B, C, L, H, W] (and priors) are repeated M times along the batch, so member m
+    of sample b is row m·B + b of the sampler batch. Returns [M, B, 1, L, H, W]
+    (member first). `sampler_kwargs` go to :func:`edm_sampler`.
+    """
     b = cond.shape[0]
     cond_m = cond.repeat(members, *([1] * (cond.dim() - 1)))
-    priors_m = priors.repeat(members, *([1] * (priors.dim() - 1))) if priors is not None and priors.numel() else priors
+    priors_m = priors.repeat(members, *([1] * (priors.dim() - 1))) if priors is not None else None
     x = edm_sampler(D, cond_m, priors_m, **sampler_kwargs)
     return x.reshape(members, b, *x.shape[1:])
 
 
 class EMA:
-    """Exponential moving average of a module's parameters (buffers copied), with warm-up
-    decay min(decay, (1 + n)/(10 + n)) over the n updates so far."""
+    """Exponential moving average of a module's parameters (buffers are copied).
 
-    def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
-        self.decay = decay
+    After the n-th update: θ_ema ← β θ_ema + (1 − β) θ with β = min(decay, (1 + n)/(10 + n)),
+    a warm-up so the average is not dominated by the initial weights. ``module`` is the
+    averaged copy (eval mode, no gradients); ``state_dict`` holds decay, n and its weights.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,  # module whose parameters are averaged
+        decay: float = 0.999,  # long-run β
+    ) -> None:
+        self.decay = float(decay)
         self.updates = 0
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """One averaging step toward the current parameters of `model`."""
         self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for ema_p, p in zip(self.module.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1 - d)
-        for ema_b, b in zip(self.module.buffers(), model.buffers()):
-            ema_b.copy_(b)
+        beta = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for p_ema, p in zip(self.module.parameters(), model.parameters()):
+            p_ema.lerp_(p.detach().to(p_ema.dtype), 1 - beta)
+        for b_ema, b in zip(self.module.buffers(), model.buffers()):
+            b_ema.copy_(b)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "updates": self.updates, "module": self.module.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decay, self.updates = float(state["decay"]), int(state["updates"])
         self.module.load_state_dict(state["module"])

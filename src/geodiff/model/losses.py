@@ -1,10 +1,21 @@
-"""Training losses: Charbonnier data fit and physics terms, each switchable and weighted.
+"""Training losses of the deterministic U-Net: Charbonnier data fit and physics terms.
 
-Temperatures reach the physics terms in K (de-normalised with the per-level stats);
-every term is a Charbonnier penalty ρ(e) = √(e² + ε²) − ε, zero for a perfect prediction.
+Every term is a Charbonnier penalty (Charbonnier, Blanc-Féraud, Aubert & Barlaud
+1994, "Two deterministic half-quadratic regularization algorithms for computed
+imaging"), shifted so that a perfect prediction costs exactly 0:
+
+    ρ(e) = √(e² + ε²) − ε,   ρ(0) = 0,   ρ'(e) = e/√(e² + ε²)  (sign of the error).
+
+The data terms act on normalised temperatures; the physics terms on temperatures in K
+(``PhysicsLoss`` de-normalises with the per-level stats, t_K = x · std[L] + mean[L]) and
+compare their diagnostics in scaled units so that every term is O(1). Levels are on
+axis −3 ([..., L, H, W]), ordered surface-upward, with pressures in hPa.
 """
 
 from __future__ import annotations
+
+import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,59 +23,108 @@ from torch import nn
 from geodiff.constants import G
 from geodiff.physics.thermo import layer_thickness, static_stability
 
+log = logging.getLogger(__name__)
+
 SIGMA_SCALE = 1e-6
-"""Typical static stability, J kg-1 Pa-2: σ is compared in these units."""
+"""Typical tropospheric static stability, J kg-1 Pa-2: σ is compared in these units."""
 THICKNESS_SCALE = 10.0
-"""Thickness errors are compared in units of 10 m."""
+"""Layer thickness errors are compared in units of 10 m (≈ 2 K of layer-mean error over 1000-850 hPa)."""
+TERMS = ("charbonnier", "stability", "gradient", "coupling")
+"""Loss terms PhysicsLoss knows, in the order they are evaluated."""
+DEFAULT_EPS = 0.01
+"""ε of the Charbonnier penalty unless the config sets one."""
 
 
-def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
-    """mean √((ŷ − y)² + ε²) − ε  (Charbonnier et al. 1994), in the units of the inputs."""
+def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """mean √((ŷ − y)² + ε²) − ε over all elements: 0 for ŷ = y, ≈ |ŷ − y| for |ŷ − y| ≫ ε."""
     return ((pred - target) ** 2 + eps**2).sqrt().mean() - eps
 
 
-def stability_loss(t_pred: torch.Tensor, t_true: torch.Tensor, p_hpa: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
-    """Charbonnier on the static stability σ(ŷ) vs σ(y), σ in units of 1e-6 J kg-1 Pa-2; T in K [..., L, H, W]."""
-    return charbonnier(static_stability(t_pred, p_hpa) / SIGMA_SCALE, static_stability(t_true, p_hpa) / SIGMA_SCALE, eps)
+def stability_loss(t_pred: torch.Tensor, t_true: torch.Tensor, p_hpa: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """Charbonnier on static stability, ρ(σ(ŷ)/σ₀ − σ(y)/σ₀), σ₀ = 1e-6 J kg-1 Pa-2.
+
+    σ = −(R_d T/p) ∂ln θ/∂p (Bluestein 1992, eq. 4.3.6; :func:`geodiff.physics.thermo.static_stability`).
+    t_pred, t_true: temperature in K [..., L, H, W]; p_hpa: level pressures [L], hPa.
+    """
+    sigma_pred = static_stability(t_pred, p_hpa) / SIGMA_SCALE
+    sigma_true = static_stability(t_true, p_hpa) / SIGMA_SCALE
+    return charbonnier(sigma_pred, sigma_true, eps)
 
 
-def gradient_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
-    """Charbonnier on horizontal finite differences along lat (-2) and lon (-1)."""
-    return sum(charbonnier(pred.diff(dim=d), target.diff(dim=d), eps) for d in (-2, -1)) / 2
+def gradient_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """½ [ρ(Δ_lat ŷ − Δ_lat y) + ρ(Δ_lon ŷ − Δ_lon y)], forward differences along axes −2 (lat) and −1 (lon).
+
+    Differences are per grid step (index space), in the units of the inputs.
+    """
+    d_lat = charbonnier(pred.diff(dim=-2), target.diff(dim=-2), eps)
+    d_lon = charbonnier(pred.diff(dim=-1), target.diff(dim=-1), eps)
+    return 0.5 * (d_lat + d_lon)
 
 
-def coupling_loss(t_pred: torch.Tensor, z_true: torch.Tensor, p_hpa: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
-    """Hypsometric consistency: layer thickness from the predicted layer-mean T (K) against the
-    thickness (z_{k+1} − z_k)/g from the true geopotential z (m2 s-2), in units of 10 m."""
-    from_t = layer_thickness(t_pred, p_hpa)
-    from_z = (z_true[..., 1:, :, :] - z_true[..., :-1, :, :]) / G
-    return charbonnier(from_t / THICKNESS_SCALE, from_z / THICKNESS_SCALE, eps)
+def coupling_loss(t_pred: torch.Tensor, z_true: torch.Tensor, p_hpa: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """Hypsometric consistency, ρ((ΔZ_T − ΔZ_z)/10 m) over the L − 1 layers.
+
+    ΔZ_T,k = (R_d T̄_k/g) ln(p_k/p_{k+1}) from the predicted layer-mean temperature
+    (:func:`geodiff.physics.thermo.layer_thickness`), ΔZ_z,k = (z_{k+1} − z_k)/g from the
+    true geopotential. t_pred in K, z_true in m2 s-2, both [..., L, H, W]; p_hpa [L], hPa.
+    """
+    if z_true.shape != t_pred.shape:
+        raise ValueError(f"coupling_loss: z {tuple(z_true.shape)} and t {tuple(t_pred.shape)} differ in shape")
+    dz_t = layer_thickness(t_pred, p_hpa)
+    dz_z = (z_true[..., 1:, :, :] - z_true[..., :-1, :, :]) / G
+    return charbonnier(dz_t / THICKNESS_SCALE, dz_z / THICKNESS_SCALE, eps)
 
 
 class PhysicsLoss(nn.Module):
-    """Σ_term weight · term on [B, L, H, W] normalised predictions; terms with weight 0 are skipped."""
+    """Total loss Σ_k w_k · term_k of the terms in `cfg` whose weight is non-zero.
 
-    def __init__(self, cfg: dict, levels_hpa, mean: torch.Tensor, std: torch.Tensor) -> None:
+    cfg: {"charbonnier": {"weight": 1.0, "eps": 0.01}, "stability": {"weight": 0.1},
+    "gradient": {"weight": 0.1}, "coupling": {"weight": 0.0}}; a term's ε defaults to the
+    charbonnier ε. forward(pred_norm, target_norm, z=None) on normalised temperatures
+    [..., L, H, W] returns (total, {term: detached value}); coupling needs z (m2 s-2,
+    shaped like pred) and is skipped without it. Physics terms are evaluated in float64.
+    """
+
+    def __init__(
+        self,
+        cfg: dict[str, dict[str, Any]],  # term name -> {"weight": w, "eps": ε (optional)}
+        levels_hpa: Any,  # level pressures [L], hPa, surface upward
+        mean: torch.Tensor,  # per-level mean of the temperature [L], K
+        std: torch.Tensor,  # per-level standard deviation of the temperature [L], K
+    ) -> None:
         super().__init__()
-        self.cfg = {name: dict(term) for name, term in cfg.items()}
-        self.register_buffer("p", torch.as_tensor(levels_hpa, dtype=torch.float32))
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1))
+        unknown = set(cfg) - set(TERMS)
+        if unknown:
+            raise ValueError(f"unknown loss terms {sorted(unknown)}; known: {TERMS}")
+        default_eps = float(cfg.get("charbonnier", {}).get("eps", DEFAULT_EPS))
+        self.weights = {name: float(cfg[name].get("weight", 0.0)) for name in TERMS if name in cfg}
+        self.eps = {name: float(cfg[name].get("eps", default_eps)) for name in self.weights}
+        self.register_buffer("p_hpa", torch.as_tensor(levels_hpa, dtype=torch.float64).reshape(-1))
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float64).reshape(-1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float64).reshape(-1, 1, 1))
+        log.info("loss terms: %s", {name: w for name, w in self.weights.items() if w})
 
-    def weight(self, name: str) -> float:
-        return float(self.cfg.get(name, {}).get("weight", 0.0))
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised [..., L, H, W] -> K (float64): t_K = x · std[L] + mean[L]."""
+        return x.double() * self.std + self.mean
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        eps = float(self.cfg.get("charbonnier", {}).get("eps", 0.01))
-        terms = {}
-        if self.weight("charbonnier"):
-            terms["charbonnier"] = charbonnier(pred, target, eps)
-        if self.weight("gradient"):
-            terms["gradient"] = gradient_loss(pred, target, eps)
-        t_pred, t_true = pred * self.std + self.mean, target * self.std + self.mean
-        if self.weight("stability"):
-            terms["stability"] = stability_loss(t_pred.double(), t_true.double(), self.p.double(), eps).float()
-        if self.weight("coupling") and z is not None:
-            terms["coupling"] = coupling_loss(t_pred, z, self.p, eps)
-        total = sum(self.weight(name) * value for name, value in terms.items())
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        active = {name for name, w in self.weights.items() if w != 0.0}
+        if z is None:
+            active.discard("coupling")
+        terms: dict[str, torch.Tensor] = {}
+        if "charbonnier" in active:
+            terms["charbonnier"] = charbonnier(pred, target, self.eps["charbonnier"])
+        if "gradient" in active:
+            terms["gradient"] = gradient_loss(pred, target, self.eps["gradient"])
+        if active & {"stability", "coupling"}:
+            t_pred = self.denormalise(pred)
+            if "stability" in active:
+                t_true = self.denormalise(target)
+                terms["stability"] = stability_loss(t_pred, t_true, self.p_hpa, self.eps["stability"]).to(pred.dtype)
+            if "coupling" in active:
+                terms["coupling"] = coupling_loss(t_pred, z.double(), self.p_hpa, self.eps["coupling"]).to(pred.dtype)
+        total = sum((self.weights[name] * value for name, value in terms.items()), pred.new_zeros(()))
         return total, {name: value.detach() for name, value in terms.items()}

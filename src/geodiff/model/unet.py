@@ -1,121 +1,194 @@
 """3D U-Net over (level, lat, lon) with a zero-convolution physics-prior branch.
 
-Down- and up-sampling act on lat/lon only (stride (1, 2, 2)): pressure levels are few
-and kept at every scale. The physics-prior branch is a small 3D conv encoder whose
-features join each encoder scale through zero-initialised 1x1x1 convolutions
-(ControlNet, Zhang et al. 2023), so at initialisation the priors change nothing.
-With `noise_channels > 0` every block is modulated by an embedding of the EDM noise
-level c_noise (scale and shift after the first convolution).
+Tensors are ``[B, C, L, H, W]``. Down- and up-sampling act on lat/lon only (stride
+(1, 2, 2)); the few pressure levels are kept at every scale. Grids whose H or W is not
+a multiple of 2^depth are padded (replicate) and the output is cropped back.
+
+Extra input channels are added internally: sin/cos of the normalised lat and lon
+index and an encoding of the level index (learned per level when ``n_levels`` is
+given, sin/cos of the normalised index otherwise).
+
+Physics-prior branch (``prior_channels > 0``): a small 3D conv encoder over the
+priors whose features are added to the U-Net encoder at every scale through
+zero-initialised 1x1x1 convolutions, the "zero convolution" of ControlNet (Zhang,
+Rao & Agrawala 2023, "Adding Conditional Control to Text-to-Image Diffusion
+Models"): at initialisation the priors change the output by exactly 0.
+
+Noise conditioning (``noise_channels > 0``, the EDM denoiser F): c_noise is embedded
+with sinusoidal features and a two-layer MLP (Ho et al. 2020; Karras et al. 2022,
+Appendix F.2), and modulates every residual block with a per-channel scale and shift
+after its second normalisation.
+
+The output convolution is zero-initialised, so an untrained network returns 0: the
+deterministic model starts as the interpolated input and the EDM denoiser as
+D(x; σ) = c_skip(σ) x.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-POSITION_CHANNELS = 6
-"""sin/cos of the normalised lat index, lon index and level index."""
+log = logging.getLogger(__name__)
+
+LATLON_CHANNELS = 4
+"""sin and cos of the normalised lat index and of the normalised lon index."""
+LEVEL_CHANNELS = 4
+"""Width of the learned level embedding (the sinusoidal level encoding has 2 channels)."""
 
 
 def _groups(channels: int) -> int:
+    """Number of GroupNorm groups: up to 8, dividing `channels`."""
     return math.gcd(channels, 8)
 
 
-def zero_conv(channels: int) -> nn.Conv3d:
-    """A 1x1x1 convolution with weight and bias zero: outputs 0 until training moves it."""
-    conv = nn.Conv3d(channels, channels, 1)
-    nn.init.zeros_(conv.weight)
-    nn.init.zeros_(conv.bias)
-    return conv
+def _index_angle(n: int, like: torch.Tensor) -> torch.Tensor:
+    """Angles π i/(n − 1) for i = 0..n−1 (0 for n = 1): the normalised index on a half circle."""
+    return torch.linspace(0.0, math.pi, n, dtype=like.dtype, device=like.device) if n > 1 else like.new_zeros(1)
+
+
+def latlon_channels(like: torch.Tensor) -> torch.Tensor:
+    """Positional encodings [B, 4, L, H, W] of a [B, C, L, H, W] tensor.
+
+    (sin a_j, cos a_j, sin b_k, cos b_k) with a_j = π j/(H − 1), b_k = π k/(W − 1):
+    each (sin, cos) pair is a distinct point of the half circle for every index.
+    """
+    b, _, n_lev, h, w = like.shape
+    a = _index_angle(h, like)[:, None].expand(h, w)
+    c = _index_angle(w, like)[None, :].expand(h, w)
+    feats = torch.stack([a.sin(), a.cos(), c.sin(), c.cos()])  # [4, H, W]
+    return feats[None, :, None].expand(b, -1, n_lev, -1, -1)
+
+
+def level_channels(like: torch.Tensor) -> torch.Tensor:
+    """Sinusoidal level encoding [B, 2, L, H, W]: (sin, cos) of π k/(L − 1) for level k."""
+    b, _, n_lev, h, w = like.shape
+    a = _index_angle(n_lev, like)
+    feats = torch.stack([a.sin(), a.cos()])  # [2, L]
+    return feats[None, :, :, None, None].expand(b, -1, -1, h, w)
+
+
+class ZeroConv(nn.Conv3d):
+    """1x1x1 convolution with weight and bias initialised to 0 (ControlNet's zero convolution).
+
+    Its output is exactly 0 until an optimiser step moves it; its weight gradient,
+    ∂L/∂W = Σ (∂L/∂out) · in, is non-zero as soon as the downstream gradient is.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int | None = None) -> None:
+        super().__init__(in_channels, out_channels or in_channels, kernel_size=1)
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
 
 
 class NoiseEmbedding(nn.Module):
-    """c_noise [B] -> [B, channels]: sinusoidal features followed by a two-layer MLP."""
+    """c_noise [B] -> [B, channels]: (cos, sin) of c_noise · f_k, f_k = 10000^(−k/(channels/2)), then an MLP."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, max_positions: float = 10000.0) -> None:
         super().__init__()
-        self.register_buffer("freqs", torch.exp(-math.log(1e4) * torch.arange(channels // 2) / max(1, channels // 2)))
-        self.mlp = nn.Sequential(nn.Linear(2 * (channels // 2), channels), nn.SiLU(), nn.Linear(channels, channels))
+        self.half, self.max_positions = channels // 2, max_positions
+        self.mlp = nn.Sequential(nn.Linear(2 * self.half, channels), nn.SiLU(), nn.Linear(channels, channels), nn.SiLU())
 
     def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
-        angles = c_noise.reshape(-1, 1).float() * self.freqs
+        k = torch.arange(self.half, dtype=torch.float32, device=c_noise.device)
+        freqs = self.max_positions ** (-k / max(self.half, 1))
+        angles = c_noise.float().reshape(-1, 1) * freqs
         return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=1))
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-Conv3d twice with a residual path; optional noise scale/shift."""
+    """x + Conv(SiLU(GN(Conv(SiLU(GN(x)))) · (1 + scale) + shift)) with (scale, shift) from the noise embedding."""
 
     def __init__(self, cin: int, cout: int, emb_channels: int = 0) -> None:
         super().__init__()
-        self.norm1, self.conv1 = nn.GroupNorm(_groups(cin), cin), nn.Conv3d(cin, cout, 3, padding=1)
-        self.norm2, self.conv2 = nn.GroupNorm(_groups(cout), cout), nn.Conv3d(cout, cout, 3, padding=1)
+        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.conv1 = nn.Conv3d(cin, cout, 3, padding=1)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.conv2 = nn.Conv3d(cout, cout, 3, padding=1)
         self.affine = nn.Linear(emb_channels, 2 * cout) if emb_channels else None
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.norm2(h)
-        if self.affine is not None and emb is not None:
+        h = self.norm2(self.conv1(F.silu(self.norm1(x))))
+        if self.affine is not None:
             scale, shift = self.affine(emb)[:, :, None, None, None].chunk(2, dim=1)
             h = h * (1 + scale) + shift
         return self.skip(x) + self.conv2(F.silu(h))
 
 
-def position_channels(like: torch.Tensor) -> torch.Tensor:
-    """[B, 6, L, H, W] encodings of the level, lat and lon index (sin/cos over half a period)."""
-    b, _, n_lev, h, w = like.shape
-    axes = [torch.linspace(0, math.pi / 2, n, device=like.device, dtype=like.dtype) for n in (n_lev, h, w)]
-    grids = torch.meshgrid(*axes, indexing="ij")
-    feats = torch.stack([f(g) for g in grids for f in (torch.sin, torch.cos)])
-    return feats.unsqueeze(0).expand(b, -1, -1, -1, -1)
+def _down(channels: int) -> nn.Conv3d:
+    """Strided (1, 2, 2) convolution: halves lat and lon, keeps the levels."""
+    return nn.Conv3d(channels, channels, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
 
 
 class UNet3D(nn.Module):
-    """U-Net over [B, C, L, H, W] with optional prior branch and noise conditioning."""
+    """U-Net on [B, C, L, H, W] with an optional zero-conv prior branch and noise conditioning.
+
+    forward(x [B, in_channels, L, H, W], priors [B, prior_channels, L, H, W] | None,
+    noise_labels [B] | None) -> [B, out_channels, L, H, W].
+    """
 
     def __init__(
         self,
-        in_channels: int,  # input channels (fields), without the positional encodings
-        out_channels: int,  # predicted channels
-        prior_channels: int = 0,  # physics-prior channels; 0: no prior branch
-        width: int = 32,  # channels at the finest scale (doubled per scale)
-        depth: int = 2,  # lat/lon down-sampling steps
-        noise_channels: int = 0,  # size of the noise-level embedding; 0: not a denoiser
+        in_channels: int,  # input fields, without the internal positional/level encodings
+        out_channels: int,  # predicted fields
+        prior_channels: int = 0,  # physics-prior fields; 0: no prior branch
+        width: int = 32,  # channels at the finest scale, doubled at every coarser one
+        depth: int = 2,  # number of (1, 2, 2) down-sampling steps
+        noise_channels: int = 0,  # size of the c_noise embedding; 0: not a denoiser
+        n_levels: int | None = None,  # levels, for a learned level embedding; None: sinusoidal
     ) -> None:
         super().__init__()
-        self.depth = depth
+        self.depth, self.n_levels, self.prior_channels = depth, n_levels, prior_channels
         chans = [width * 2**i for i in range(depth + 1)]
         emb = noise_channels
+        self.level_embed = nn.Embedding(n_levels, LEVEL_CHANNELS) if n_levels else None
+        n_enc = LATLON_CHANNELS + (LEVEL_CHANNELS if n_levels else 2)
         self.embed = NoiseEmbedding(noise_channels) if noise_channels else None
-        self.stem = nn.Conv3d(in_channels + POSITION_CHANNELS, width, 3, padding=1)
+
+        self.stem = nn.Conv3d(in_channels + n_enc, width, 3, padding=1)
         self.enc = nn.ModuleList(ResBlock(chans[max(i - 1, 0)], c, emb) for i, c in enumerate(chans))
-        self.down = nn.ModuleList(nn.Conv3d(c, c, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)) for c in chans[:-1])
+        self.down = nn.ModuleList(_down(c) for c in chans[:-1])
         self.mid = ResBlock(chans[-1], chans[-1], emb)
-        self.up = nn.ModuleList(nn.Conv3d(c, chans[i], (1, 3, 3), padding=(0, 1, 1)) for i, c in enumerate(chans[1:]))
+        self.up = nn.ModuleList(nn.Conv3d(chans[i + 1], c, (1, 3, 3), padding=(0, 1, 1)) for i, c in enumerate(chans[:-1]))
         self.dec = nn.ModuleList(ResBlock(2 * c, c, emb) for c in chans[:-1])
         self.head = nn.Sequential(nn.GroupNorm(_groups(width), width), nn.SiLU(), nn.Conv3d(width, out_channels, 3, padding=1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
+
         if prior_channels:
             self.prior_stem = nn.Conv3d(prior_channels, width, 3, padding=1)
-            self.prior_enc = nn.ModuleList(ResBlock(chans[max(i - 1, 0)], c) for i, c in enumerate(chans))
-            self.prior_down = nn.ModuleList(nn.Conv3d(c, c, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)) for c in chans[:-1])
-            self.zero_convs = nn.ModuleList(zero_conv(c) for c in chans)
-        else:
-            self.prior_stem = None
+            self.prior_enc = nn.ModuleList(
+                nn.Sequential(nn.Conv3d(chans[max(i - 1, 0)], c, 3, padding=1), nn.GroupNorm(_groups(c), c), nn.SiLU())
+                for i, c in enumerate(chans)
+            )
+            self.prior_down = nn.ModuleList(_down(c) for c in chans[:-1])
+            self.zero_convs = nn.ModuleList(ZeroConv(c) for c in chans)
+        log.debug("UNet3D: %d parameters, scales %s", sum(p.numel() for p in self.parameters()), chans)
 
-    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def encodings(self, x: torch.Tensor) -> torch.Tensor:
+        """The internal input channels of `x`: lat/lon encodings and the level encoding."""
+        if self.level_embed is None:
+            lev = level_channels(x)
+        else:
+            if x.shape[2] != self.n_levels:
+                raise ValueError(f"UNet3D built for {self.n_levels} levels, got {x.shape[2]}")
+            table = self.level_embed.weight.to(x.dtype).t()  # [LEVEL_CHANNELS, L]
+            lev = table[None, :, :, None, None].expand(x.shape[0], -1, -1, *x.shape[-2:])
+        return torch.cat([latlon_channels(x), lev], dim=1)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Replicate-pad lat/lon at the far edges up to multiples of 2^depth."""
         m = 2**self.depth
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph, 0, 0), mode="replicate")
-        return x, (h, w)
+        ph, pw = -x.shape[-2] % m, -x.shape[-1] % m
+        return F.pad(x, (0, pw, 0, ph, 0, 0), mode="replicate") if ph or pw else x
 
     def _prior_features(self, priors: torch.Tensor) -> list[torch.Tensor]:
+        """Zero-conv outputs of the prior encoder, one per scale (exactly 0 at initialisation)."""
         p = self.prior_stem(priors)
         feats = []
         for i, block in enumerate(self.prior_enc):
@@ -125,13 +198,20 @@ class UNet3D(nn.Module):
                 p = self.prior_down[i](p)
         return feats
 
-    def forward(self, x: torch.Tensor, priors: torch.Tensor | None = None, noise_labels: torch.Tensor | None = None) -> torch.Tensor:
-        x, (h, w) = self._pad(x)
-        emb = self.embed(noise_labels) if self.embed is not None and noise_labels is not None else None
+    def forward(
+        self, x: torch.Tensor, priors: torch.Tensor | None = None, noise_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        emb = None
+        if self.embed is not None:
+            if noise_labels is None:
+                raise ValueError("UNet3D with noise_channels > 0 needs noise_labels")
+            emb = self.embed(noise_labels.reshape(-1).expand(x.shape[0]) if noise_labels.numel() == 1 else noise_labels)
         prior_feats = None
-        if self.prior_stem is not None and priors is not None:
-            prior_feats = self._prior_features(self._pad(priors)[0])
-        z = self.stem(torch.cat([x, position_channels(x)], dim=1))
+        if self.prior_channels and priors is not None:
+            prior_feats = self._prior_features(self._pad(priors))
+
+        z = self.stem(self._pad(torch.cat([x, self.encodings(x)], dim=1)))
         skips = []
         for i, block in enumerate(self.enc):
             z = block(z, emb)

@@ -77,7 +77,7 @@ def _train(stage, train_path, val_path, out_path, logdir, config, deterministic_
     use_priors = bool(config["model"].get("use_priors", True))
     prior_names = list(config["priors"]["names"]) if use_priors else []
     info = store_info(train_path)
-    dataset = StoreDataset(train_path, prior_names)
+    dataset = StoreDataset(train_path, prior_names, crop=tcfg.get("crop"))
     sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=int(config["seed"]), drop_last=True)
     batch_size = min(int(tcfg["batch_size"]), len(dataset) // ctx.world_size)
     loader = DataLoader(dataset, batch_size, sampler=sampler, drop_last=True, num_workers=1, persistent_workers=True)
