@@ -84,9 +84,13 @@ def edm_loss(
 def edm_time_steps(
     num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, device: Any = None
 ) -> torch.Tensor:
-    """EDM eq. 5: t_i = (σmax^(1/ρ) + i/(N−1) (σmin^(1/ρ) − σmax^(1/ρ)))^ρ, i < N, and t_N = 0 (float64, N + 1 values)."""
+    """EDM eq. 5: t_i = (σmax^(1/ρ) + i/(N−1) (σmin^(1/ρ) − σmax^(1/ρ)))^ρ for i < N, and t_N = 0.
+
+    Returns the N + 1 values in float64.
+    """
     step_indices = torch.arange(num_steps, dtype=torch.float64, device=device)
-    t_steps = (sigma_max ** (1 / rho) + step_indices / max(num_steps - 1, 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    frac = step_indices / max(num_steps - 1, 1)
+    t_steps = (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     return torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
 
 
@@ -124,6 +128,8 @@ def edm_sampler(
 
     # Time step discretisation (eq. 5).
     t_steps = edm_time_steps(num_steps, sigma_min, sigma_max, rho, device=cond.device)
+    log.debug("EDM sampler: %d steps, sigma %.3g -> %.3g, rho %g, S_churn %g, shape %s",
+              num_steps, sigma_max, sigma_min, rho, S_churn, shape)
 
     # Main sampling loop (Algorithm 2).
     x_next = randn() * t_steps[0]

@@ -36,8 +36,15 @@ DEFAULT_EPS = 0.01
 
 
 def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
-    """mean √((ŷ − y)² + ε²) − ε over all elements: 0 for ŷ = y, ≈ |ŷ − y| for |ŷ − y| ≫ ε."""
-    return ((pred - target) ** 2 + eps**2).sqrt().mean() - eps
+    """mean ρ(ŷ − y) over all elements, ρ(e) = √(e² + ε²) − ε: 0 for ŷ = y, ≈ |ŷ − y| for |ŷ − y| ≫ ε.
+
+    Evaluated as the equal e²/(√(e² + ε²) + ε), which has no cancellation and is exactly 0
+    at e = 0. Needs ε > 0.
+    """
+    if not eps > 0:
+        raise ValueError(f"Charbonnier eps must be > 0, got {eps}")
+    e2 = (pred - target) ** 2
+    return (e2 / ((e2 + eps**2).sqrt() + eps)).mean()
 
 
 def stability_loss(t_pred: torch.Tensor, t_true: torch.Tensor, p_hpa: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:

@@ -1,0 +1,141 @@
+"""Training losses: exact values, zero for a perfect prediction, gradients pointing downhill."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from geodiff.constants import G, KAPPA, R_D
+from geodiff.model.losses import PhysicsLoss, charbonnier, coupling_loss, gradient_loss, stability_loss
+from geodiff.physics.thermo import hypsometric_height
+
+LEVELS = torch.tensor([1000.0, 925.0, 850.0, 700.0, 500.0, 300.0, 200.0], dtype=torch.float64)
+PROFILE = torch.tensor([288.0, 284.0, 280.0, 270.0, 252.0, 229.0, 218.0], dtype=torch.float64)
+CFG = {"charbonnier": {"weight": 1.0, "eps": 0.01}, "stability": {"weight": 0.1},
+       "gradient": {"weight": 0.1}, "coupling": {"weight": 0.05}}
+
+
+def columns(batch: int = 2, h: int = 5, w: int = 6, noise: float = 0.5, seed: int = 0) -> torch.Tensor:
+    """Stable temperature columns [B, L, H, W] in K (float64)."""
+    gen = torch.Generator().manual_seed(seed)
+    return PROFILE.reshape(1, -1, 1, 1) + noise * torch.randn(batch, LEVELS.numel(), h, w, generator=gen, dtype=torch.float64)
+
+
+def stability_numpy(t: np.ndarray, p_hpa: np.ndarray) -> np.ndarray:
+    """Independent σ = −(R_d T/p) ∂ln θ/∂p in J kg-1 Pa-2 with numpy's second-order gradient, levels on axis −3."""
+    p = p_hpa[:, None, None] * 100.0
+    log_theta = np.log(t * (1000.0 / p_hpa[:, None, None]) ** KAPPA)
+    return -(R_D * t / p) * np.gradient(log_theta, p_hpa * 100.0, axis=-3, edge_order=2)
+
+
+def descends(fn, pred: torch.Tensor, target: torch.Tensor, step: float = 1e-3) -> bool:
+    """True when a small step along −∇ lowers fn(pred, target)."""
+    pred = pred.clone().requires_grad_(True)
+    value = fn(pred, target)
+    (grad,) = torch.autograd.grad(value, pred)
+    return float(fn(pred.detach() - step * grad / grad.abs().max(), target)) < float(value)
+
+
+def test_charbonnier_values_and_gradient_sign():
+    assert float(charbonnier(torch.tensor([3.0]), torch.tensor([0.0]), eps=4.0)) == pytest.approx(1.0)  # √(9 + 16) − 4
+    # mean over elements: errors (0, 3, −4) with ε = 1 -> (0 + √10 − 1 + √17 − 1)/3
+    pred, target = torch.tensor([1.0, 3.0, -4.0], dtype=torch.float64), torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    value = charbonnier(pred, target, eps=1.0)
+    assert float(value) == pytest.approx((np.sqrt(10) + np.sqrt(17) - 2) / 3, rel=1e-14)
+    with pytest.raises(ValueError, match="eps"):
+        charbonnier(torch.ones(1), torch.ones(1), eps=0.0)
+    y = columns()
+    assert float(charbonnier(y, y)) == 0.0
+    pred = (y + torch.randn_like(y)).requires_grad_(True)
+    charbonnier(pred, y).backward()
+    assert torch.equal(torch.sign(pred.grad), torch.sign(pred.detach() - y))
+    assert descends(charbonnier, y + torch.randn_like(y), y)
+
+
+def test_gradient_loss_values():
+    y = columns()
+    assert float(gradient_loss(y, y)) == 0.0
+    assert float(gradient_loss(y + 3.0, y)) == pytest.approx(0.0, abs=1e-12)  # an offset has no gradient error
+    ramp = 0.2 * torch.arange(6, dtype=torch.float64)  # +0.2 per lon step, nothing along lat
+    eps = 0.01
+    expected = 0.5 * (0.0 + (np.sqrt(0.2**2 + eps**2) - eps))
+    assert float(gradient_loss(y + ramp, y, eps)) == pytest.approx(expected, rel=1e-12)
+    assert descends(gradient_loss, y + torch.randn_like(y), y)
+
+
+def test_stability_loss_against_an_independent_sigma():
+    t_true, t_pred = columns(seed=1), columns(seed=2)
+    p = LEVELS.numpy()
+    d_sigma = (stability_numpy(t_pred.numpy(), p) - stability_numpy(t_true.numpy(), p)) / 1e-6
+    expected = np.mean(np.sqrt(d_sigma**2 + 0.01**2)) - 0.01
+    assert float(stability_loss(t_pred, t_true, LEVELS)) == pytest.approx(expected, rel=1e-9)
+    assert 0.1 < expected < 10.0  # σ in units of 1e-6 J kg-1 Pa-2 is O(1)
+    assert float(stability_loss(t_true, t_true, LEVELS)) == 0.0
+    assert descends(lambda a, b: stability_loss(a, b, LEVELS), t_pred, t_true)
+
+
+def test_coupling_loss_zero_for_hypsometric_z_and_exact_for_a_warm_bias():
+    t = columns()
+    z = G * hypsometric_height(t, LEVELS, z_bottom=120.0)
+    assert float(coupling_loss(t, z, LEVELS)) == pytest.approx(0.0, abs=1e-9)
+    # +ΔT everywhere thickens layer k by R_d ΔT/g ln(p_k/p_{k+1}) m, independent of T
+    dT, eps = 1.5, 0.01
+    dz = R_D * dT / G * np.log(LEVELS.numpy()[:-1] / LEVELS.numpy()[1:]) / 10.0
+    expected = np.mean(np.sqrt(dz**2 + eps**2)) - eps
+    warm = (t + dT).requires_grad_(True)
+    value = coupling_loss(warm, z, LEVELS, eps)
+    assert float(value) == pytest.approx(expected, rel=1e-9)
+    value.backward()
+    assert bool((warm.grad >= 0).all()) and float(warm.grad.sum()) > 0  # too warm: cooling lowers the loss
+    assert descends(lambda a, b: coupling_loss(a, b, LEVELS), t + torch.randn_like(t), z)
+    with pytest.raises(ValueError, match="shape"):
+        coupling_loss(t, z[:1], LEVELS)
+
+
+def normalised(t_k: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return ((t_k - mean[:, None, None]) / std[:, None, None]).float()
+
+
+def test_physics_loss_denormalises_and_weights_the_terms():
+    mean, std = PROFILE.clone(), torch.linspace(6.0, 3.0, LEVELS.numel(), dtype=torch.float64)
+    loss = PhysicsLoss(CFG, LEVELS.numpy(), mean.float(), std.float())
+    t_true, t_pred = columns(seed=3), columns(seed=4)
+    z = (G * hypsometric_height(t_true, LEVELS, z_bottom=50.0)).float()
+    x_true, x_pred = normalised(t_true, mean, std), normalised(t_pred, mean, std)
+
+    total, terms = loss(x_pred, x_true, z)
+    assert set(terms) == {"charbonnier", "stability", "gradient", "coupling"}
+    t_pred_back, t_true_back = loss.denormalise(x_pred), loss.denormalise(x_true)
+    torch.testing.assert_close(t_pred_back, t_pred, atol=1e-4, rtol=0)
+    reference = {
+        "charbonnier": charbonnier(x_pred, x_true, 0.01),
+        "gradient": gradient_loss(x_pred, x_true, 0.01),
+        "stability": stability_loss(t_pred_back, t_true_back, LEVELS, 0.01),
+        "coupling": coupling_loss(t_pred_back, z.double(), LEVELS, 0.01),
+    }
+    for name, value in reference.items():
+        torch.testing.assert_close(terms[name], value.float(), rtol=1e-6, atol=0)
+    weights = {name: CFG[name]["weight"] for name in CFG}
+    torch.testing.assert_close(total, sum(weights[n] * terms[n] for n in terms))
+
+    zero, zero_terms = loss(x_true, x_true, z)
+    assert float(zero) == pytest.approx(0.0, abs=1e-5)  # z is float32: the coupling term is 0 up to rounding
+    assert all(float(v) < 1e-5 for v in zero_terms.values())
+
+
+def test_physics_loss_skips_terms_and_gradients_point_downhill():
+    mean, std = PROFILE.float(), torch.full((LEVELS.numel(),), 5.0)
+    cfg = {**CFG, "gradient": {"weight": 0.0}, "stability": {"weight": 0.5, "eps": 0.1}}
+    loss = PhysicsLoss(cfg, LEVELS, mean, std)
+    x_true = normalised(columns(seed=5), PROFILE, std.double())
+    x_pred = (x_true + 0.3 * torch.randn_like(x_true)).requires_grad_(True)
+    total, terms = loss(x_pred, x_true)  # no z: coupling skipped; gradient has weight 0
+    assert set(terms) == {"charbonnier", "stability"}
+    assert loss.eps["stability"] == 0.1 and loss.eps["gradient"] == 0.01
+    assert total.dtype == torch.float32
+    total.backward()
+    stepped = x_pred.detach() - 1e-3 * x_pred.grad / x_pred.grad.abs().max()
+    assert float(loss(stepped, x_true)[0]) < float(total)
+    with pytest.raises(ValueError, match="unknown loss terms"):
+        PhysicsLoss({"tv": {"weight": 1.0}}, LEVELS, mean, std)
