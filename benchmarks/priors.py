@@ -1,14 +1,17 @@
 """Time the physics priors on one month of the default config, against MetPy and np.copy.
 
-One month of the synthetic atmosphere of the config (124 times x 8 levels x 48 x 48
-for config/config.yaml) goes through `geodiff.physics.priors.compute_priors` for
+One month of the synthetic atmosphere of the config (124 times x L levels x H x W;
+the first line printed gives the sizes) goes through `geodiff.physics.priors.compute_priors` for
 θ, lapse rate, static stability and N² (heights from the hypsometric equation,
-inside the timed call), and through MetPy on the same float32 arrays with units:
+inside the timed call; with numba, its fused kernel, else the numpy path), through
+the numpy path alone (what runs without numba), and through MetPy on the same
+float32 arrays with units:
 `potential_temperature` + `static_stability` + `brunt_vaisala_frequency_squared`
 + lapse rate from `first_derivative` (MetPy is handed the hypsometric heights,
 computed outside its timing). The floor is `np.copy` of as many bytes as the
 priors write (one float32 array per prior). Prints the median and best time of
-each and the ratios; it never passes or fails.
+each and the ratios; it never passes or fails. Compilation is not timed: the first
+call of each path is made (and its time printed) before the timed rounds.
 
     python benchmarks/priors.py [--config config/config.yaml] [--repeat 7] [--threads N]
 """
@@ -29,6 +32,7 @@ import yaml
 
 from geodiff.constants import R_D
 from geodiff.data.synthetic import synthetic_month
+from geodiff.physics import priors as priors_module
 from geodiff.physics.priors import compute_priors
 
 NAMES = ["theta", "lapse_rate", "static_stability", "n2"]
@@ -65,12 +69,23 @@ def main() -> None:
     month = synthetic_month(config, 2001, 1)
     t = np.ascontiguousarray(month["t"].values, dtype=np.float32)
     levels = month["level"].values.astype(np.float64)
+    start = time.perf_counter()
+    compute_priors(t, levels, NAMES, threads=args.threads)  # numba compiles (or loads its cache) here
+    first_call = time.perf_counter() - start
     heights = compute_priors(t, levels, ["height"])["height"]  # MetPy's heights, not timed
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(
         f"data: t {dict(month['t'].sizes)} float32 ({t.nbytes / 2**20:.1f} MiB), levels {levels.tolist()} hPa; "
         f"compute_priors threads: {args.threads or cores} of {cores} cores"
     )
+    if priors_module._KERNEL is not None:
+        import numba
+
+        print(
+            f"numba {numba.__version__}: first call {first_call:.2f} s (compile, or load of the on-disk cache), not timed"
+        )
+    else:
+        print("numba is not installed: compute_priors runs its numpy path")
 
     pressure = units.Quantity(levels[None, :, None, None], "hPa")
 
@@ -88,11 +103,19 @@ def main() -> None:
             "lapse_rate": lapse.m_as("K/km"),
         }
 
+    def numpy_path() -> dict[str, np.ndarray]:
+        kernel, priors_module._KERNEL = priors_module._KERNEL, None
+        try:
+            return compute_priors(t, levels, NAMES, threads=args.threads)
+        finally:
+            priors_module._KERNEL = kernel
+
     floor_shape = (len(NAMES),) + t.shape
     floor_src = np.random.default_rng(0).random(floor_shape, dtype=np.float32)
     fns: dict[str, Callable[[], Any]] = {
         "geodiff compute_priors": lambda: compute_priors(t, levels, NAMES, threads=args.threads),
         "geodiff compute_priors, 1 thread": lambda: compute_priors(t, levels, NAMES, threads=1),
+        "geodiff numpy path (no numba)": numpy_path,
         "MetPy (units, float32 in)": metpy_priors,
         f"np.copy of {len(NAMES)} x {t.nbytes / 2**20:.1f} MiB": lambda: np.copy(floor_src),
     }

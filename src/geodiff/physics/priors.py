@@ -10,13 +10,13 @@ from the hypsometric equation integrated upward from ``z_bottom``.
 MetPy by the tests) to float32 accuracy, but is organised for speed on whole
 months of data. Two implementations share the front end:
 
-- **numba kernel** (used when numba imports): one compiled pass over each chunk
-  of columns (:func:`_priors_columns`). A first loop over the L-1 layers turns
-  the two temperatures of a layer into everything the derivatives need; a second
-  loop over the L levels writes the requested priors. Both loops run along the
-  contiguous grid axis, so LLVM vectorises them; the per-layer values live in a
-  small scratch buffer that stays in cache, and each value of ``t`` is read from
-  memory once. See :func:`_priors_columns` for the formulas.
+- **numba kernel** (used when numba imports): one compiled pass up each chunk of
+  columns (:func:`_priors_columns`): one loop per layer turns the temperatures of
+  the layer into its slopes and writes the priors of a level, vectorised by LLVM
+  along the contiguous grid axis, with one division per value; each value of ``t``
+  is read from memory once and each output written once. Compiled on first use
+  for each combination of requested priors (a few seconds) and cached on disk.
+  See :func:`_priors_columns` for the formulas.
 - **numpy path** (the fallback without numba, or with ``NUMBA_DISABLE_JIT``):
   the same algebra as blocked numpy ufunc calls on cache-sized blocks
   (:func:`_block`).
@@ -29,8 +29,9 @@ Common to both:
 - the work runs in float32, with formulas chosen so that float32 loses no
   accuracy that matters: differences of temperature between adjacent levels are
   exact in float32 (Sterbenz lemma), ln(T_{k+1}/T_k) and Δθ are formed from that
-  difference rather than as differences of rounded values, and heights are summed
-  in float64; results agree with the float64 formulas to ~1e-6 of each field's range;
+  difference rather than as differences of rounded values (the kernel also sums
+  heights in float64); results agree with the float64 formulas to ~1e-6 of each
+  field's range;
 - the grid is cut into blocks that are shared among threads (numba's kernel and
   numpy's loops both release the GIL);
 - the outputs are views into one float32 block, so a large output is a single
@@ -40,6 +41,7 @@ Common to both:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -291,16 +293,19 @@ def _n_threads() -> int:
     return cores
 
 
-
 # --------------------------------------------------------------------------
 # numba kernel
 # --------------------------------------------------------------------------
-_KERNEL_SCRATCH_VALUES = 1 << 15
-"""Float32 values of one per-layer scratch array of the kernel (layers x chunk columns); the
-five of them (640 KiB at this size) stay in the L2 cache."""
+_CHUNK_COLUMNS = 1024
+"""Grid columns of one kernel chunk: the rows of t, outputs and scratch that one layer touches
+(4 KiB each at this size) stay in the L1/L2 caches."""
 
 _MIN_VALUES_PER_THREAD = 1 << 16
 """Grid values (all levels) below which a further kernel thread costs more than it saves."""
+
+_BATCHES_PER_THREAD = 4
+"""Batches of chunks per kernel thread: threads take them as they go, so a thread that runs
+late, or slower, gets fewer (each batch costs some 10 µs of hand-over between threads)."""
 
 _LOG_SERIES_LIMIT = 0.125
 """|u| = |T_{k+1} - T_k| / (T_{k+1} + T_k) up to which ln(T_{k+1}/T_k) = 2 atanh(u) is taken from
@@ -308,8 +313,16 @@ its series to u^7 (relative error below u^8/9 = 7e-9); beyond (T ratios outside 
 never seen between adjacent levels of a real atmosphere) the kernel calls log in float64."""
 
 # rows of the kernel's constant table ([_N_KERNEL_CONSTANTS, L] float32; layer rows use L-1 entries)
-_K_THICK, _K_LAPSE, _K_N2_P, _K_N2_Q, _K_C, _K_SIG_A, _K_SIG_B, _K_SIG_C, _K_ALPHA, _K_GAMMA = range(10)
-_N_KERNEL_CONSTANTS = 10
+_K_THICK, _K_LAPSE, _K_N2_P, _K_N2_Q, _K_C, _K_RC, _K_SIG_A, _K_SIG_B, _K_SIG_C, _K_ALPHA, _K_GAMMA = range(11)
+_N_KERNEL_CONSTANTS = 11
+
+
+@functools.lru_cache(maxsize=16)
+def _kernel_constants_of(levels: tuple[float, ...]) -> np.ndarray:
+    """:func:`_kernel_constants` cached by the level tuple (read-only array)."""
+    table = _kernel_constants(np.array(levels))
+    table.flags.writeable = False
+    return table
 
 
 def _kernel_constants(levels_hpa: np.ndarray) -> np.ndarray:
@@ -333,6 +346,7 @@ def _kernel_constants(levels_hpa: np.ndarray) -> np.ndarray:
         _K_N2_P: G * (c[1:] - c[:-1]) / (2.0 * a),
         _K_N2_Q: G * (c[1:] + c[:-1]) / (2.0 * a),
         _K_C: c,
+        _K_RC: 1.0 / c,
         _K_ALPHA: alpha,
         _K_GAMMA: gamma,
     }
@@ -364,59 +378,44 @@ def _priors_columns(t, z0, start, stop, width, kc, theta, lapse, sigma, n2, heig
       beyond :data:`_LOG_SERIES_LIMIT`).
 
     Level k takes the slopes s of layers j = clip(k - 1, 0, L - 3) and j + 1: derivative
-    :math:`s_j + β (s_{j+1} - s_j)` with :math:`β = α_k + γ_k w_j`,
-    :math:`w_j = ΔZ_j / (ΔZ_j + ΔZ_{j+1})` (the second-order stencil of
+    :math:`s_j + β (s_{j+1} - s_j)` with :math:`β = α_k + γ_k w`,
+    :math:`w = ΔZ_j / (ΔZ_j + ΔZ_{j+1})` (the second-order stencil of
     :func:`geodiff.physics.thermo.vertical_derivative`, see :func:`_derivative`), and
     :math:`σ_k = T_k (a_k y_j + b_k y_{j+1} + c_k)` (:func:`_sigma_stencil`), θ = c_k T_k,
-    N² = g ∂θ/∂Z / θ. Each loop runs along the contiguous column axis with float32
-    constants only (a float64 constant would promote the whole loop), and indexes the
-    grid with unsigned integers (no negative-index wraparound), so LLVM vectorises it.
+    N² = g ∂θ/∂Z / θ.
+
+    Organisation, for speed: one loop per layer k >= 1 computes layer k and writes level
+    k's priors (interior stencil, β = w), keeping the slopes of layer k for the next loop
+    (two buffers, swapped); the one division of a value gives 1/(hi + lo),
+    1/(ΔZ_{k-1} + ΔZ_k) and 1/T_k together. The one-sided bottom and top levels are
+    written from the buffers once their two layers are known. Values the shortcuts
+    cannot give (|u| beyond the series, a division that took in a NaN or inf of the layer
+    below) are redone one by one, rarely. Every loop runs along the contiguous column axis
+    with float32 constants only (a float64 constant would promote the loop), and indexes
+    the grid with unsigned integers (no negative-index wraparound), so LLVM vectorises it.
     """
     f32 = np.float32
     n_lev = t.shape[1]
     n_cols = t.shape[2]
     n_lay = n_lev - 1
     n_chunks = (n_cols + width - 1) // width
-    thick = np.empty((n_lay, width), f32)  # ΔZ_k, m
-    weight = np.empty((n_lay - 1, width), f32)  # w_j = ΔZ_j / (ΔZ_j + ΔZ_{j+1})
-    s_lapse = np.empty((n_lay, width), f32)  # -1000 ΔT/ΔZ, K/km
-    s_n2 = np.empty((n_lay, width), f32)  # g Δθ/ΔZ, K s-2
-    log_t = np.empty((n_lay, width), f32)  # ln(T_{k+1}/T_k)
-    z = np.empty(width, np.float64)
+    # The slopes of the current layer and of the one below, swapped at each layer (two
+    # arrays, not two rows of one: the compiler cannot tell rows apart, and would not
+    # vectorise a loop that reads one row and writes the other).
+    sl_a = np.zeros(width, f32)  # -1000 ΔT/ΔZ, K/km
+    sl_b = np.zeros(width, f32)
+    sn_a = np.zeros(width, f32)  # g Δθ/ΔZ, K s-2
+    sn_b = np.zeros(width, f32)
+    y_a = np.zeros(width, f32)  # ln(T_{k+1}/T_k)
+    y_b = np.zeros(width, f32)
+    w_end = np.zeros(width, f32)  # stencil weight, for the levels written after a layer
+    z = np.zeros(width, np.float64)  # height of the current level, m
     one, lim = f32(1.0), f32(_LOG_SERIES_LIMIT)
     e1, e3, e5, e7 = f32(2.0), f32(2.0 / 3.0), f32(2.0 / 5.0), f32(2.0 / 7.0)
     for item in range(start, stop):
         r = item // n_chunks
         j0 = (item - r * n_chunks) * width
         m = min(width, n_cols - j0)
-        for k in range(n_lay):
-            a_k = kc[_K_THICK, k]
-            l_k = kc[_K_LAPSE, k]
-            p_k = kc[_K_N2_P, k]
-            q_k = kc[_K_N2_Q, k]
-            n_far = 0
-            for j in range(m):
-                jc = np.uintp(j0 + j)
-                lo = t[r, k, jc]
-                hi = t[r, k + 1, jc]
-                s = hi + lo
-                u = (hi - lo) / s
-                u2 = u * u
-                thick[k, j] = a_k * s
-                s_lapse[k, j] = l_k * u
-                s_n2[k, j] = p_k + q_k * u
-                log_t[k, j] = u * (e1 + u2 * (e3 + u2 * (e5 + u2 * e7)))
-                n_far += abs(u) > lim
-            if n_far:  # T ratio outside the series' range somewhere in the chunk
-                for j in range(m):
-                    jc = np.uintp(j0 + j)
-                    lo = t[r, k, jc]
-                    hi = t[r, k + 1, jc]
-                    if abs(hi - lo) > lim * (hi + lo):
-                        log_t[k, j] = math.log(np.float64(hi) / np.float64(lo))
-            if k > 0:
-                for j in range(m):
-                    weight[k - 1, j] = thick[k - 1, j] / (thick[k - 1, j] + thick[k, j])
         if height is not None:
             rz = r if z0.shape[0] > 1 else 0
             if z0.shape[1] > 1:
@@ -425,39 +424,155 @@ def _priors_columns(t, z0, start, stop, width, kc, theta, lapse, sigma, n2, heig
             else:
                 for j in range(m):
                     z[j] = z0[rz, 0]
-        for k in range(n_lev):
-            j_lo = min(max(k - 1, 0), n_lev - 3)
-            j_hi = j_lo + 1
-            al = kc[_K_ALPHA, k]
-            ga = kc[_K_GAMMA, k]
+        for k in range(n_lay):
+            if k % 2 == 0:
+                sl_c, sn_c, y_c, sl_p, sn_p, y_p = sl_a, sn_a, y_a, sl_b, sn_b, y_b
+            else:
+                sl_c, sn_c, y_c, sl_p, sn_p, y_p = sl_b, sn_b, y_b, sl_a, sn_a, y_a
+            kp = max(k - 1, 0)  # the layer below (layer 0 itself at the bottom)
+            a_p = kc[_K_THICK, kp]
+            a_k = kc[_K_THICK, k]
+            l_k = kc[_K_LAPSE, k]
+            p_k = kc[_K_N2_P, k]
+            q_k = kc[_K_N2_Q, k]
             c_k = kc[_K_C, k]
-            if theta is not None:
+            rc_k = kc[_K_RC, k]
+            sa = kc[_K_SIG_A, k]
+            sb = kc[_K_SIG_B, k]
+            sc = kc[_K_SIG_C, k]
+            # Layer k, and level k's priors from layers k-1 and k (the interior stencil), in
+            # one loop, so that the stores of the outputs overlap with the arithmetic.
+            n_redo = np.int32(0)
+            if k == 0:  # layer 0 only: level 0 is written once layer 1 is known
                 for j in range(m):
                     jc = np.uintp(j0 + j)
-                    theta[r, k, jc] = c_k * t[r, k, jc]
-            if lapse is not None:
-                for j in range(m):
-                    b = al + ga * weight[j_lo, j]
-                    lapse[r, k, np.uintp(j0 + j)] = s_lapse[j_lo, j] + b * (s_lapse[j_hi, j] - s_lapse[j_lo, j])
-            if n2 is not None:
+                    lo = t[r, 0, jc]
+                    hi = t[r, 1, jc]
+                    u = (hi - lo) / (hi + lo)
+                    if lapse is not None:
+                        sl_c[j] = l_k * u
+                    if n2 is not None:
+                        sn_c[j] = p_k + q_k * u
+                    if sigma is not None:
+                        u2 = u * u
+                        y_c[j] = u * (e1 + u2 * (e3 + u2 * (e5 + u2 * e7)))
+                        n_redo = max(n_redo, np.int32(not (abs(u) <= lim)))
+                    if theta is not None:
+                        theta[r, 0, jc] = c_k * lo
+                    if height is not None:
+                        height[r, 0, jc] = z[j]
+                        z[j] += a_k * (hi + lo)
+            for j in range(m if k > 0 else 0):
+                jc = np.uintp(j0 + j)
+                lo = t[r, k, jc]
+                hi = t[r, k + 1, jc]
+                s = hi + lo
+                h = a_k * s  # ΔZ_k
+                h_p = a_p * (t[r, kp, jc] + lo)  # ΔZ_{k-1}
+                h_sum = h_p + h
+                # one division for 1/s, 1/(ΔZ_{k-1} + ΔZ_k) and (N² only) 1/T_k
+                if n2 is not None:
+                    s_lo = s * lo
+                else:
+                    s_lo = s
+                rec = one / (s_lo * h_sum)
+                r_h = rec * h_sum
+                if n2 is not None:
+                    r_s = r_h * lo
+                else:
+                    r_s = r_h
+                u = (hi - lo) * r_s
+                w = h_p * (rec * s_lo)  # ΔZ_{k-1} / (ΔZ_{k-1} + ΔZ_k)
+                if lapse is not None:
+                    sl = l_k * u
+                    sl_c[j] = sl
+                    v = sl_p[j]
+                    lapse[r, k, jc] = v + w * (sl - v)
+                if n2 is not None:
+                    sn = p_k + q_k * u
+                    sn_c[j] = sn
+                    v = sn_p[j]
+                    n2[r, k, jc] = (v + w * (sn - v)) * rc_k * (r_h * s)
+                if sigma is not None:
+                    u2 = u * u
+                    y = u * (e1 + u2 * (e3 + u2 * (e5 + u2 * e7)))
+                    y_c[j] = y
+                    sigma[r, k, jc] = lo * (sa * y_p[j] + sb * y + sc)
+                if lapse is not None or n2 is not None or sigma is not None:
+                    # an int32 max: a reduction that LLVM vectorises cheaply (a bool or int64
+                    # count costs a quarter of the loop)
+                    n_redo = max(n_redo, np.int32(not (abs(u) <= lim)))
+                if theta is not None:
+                    theta[r, k, jc] = c_k * lo
+                if height is not None:
+                    height[r, k, jc] = z[j]
+                    z[j] += h
+            if n_redo:
+                # |u| beyond the series somewhere in the chunk, or not finite: the shared
+                # division also takes in the layer below, and a NaN or inf there (or a zero
+                # divisor) must not leak into this layer. Redo those values on their own,
+                # and level k below.
                 for j in range(m):
                     jc = np.uintp(j0 + j)
-                    b = al + ga * weight[j_lo, j]
-                    d_theta = s_n2[j_lo, j] + b * (s_n2[j_hi, j] - s_n2[j_lo, j])
-                    n2[r, k, jc] = d_theta / (c_k * t[r, k, jc])
-            if sigma is not None:
-                sa = kc[_K_SIG_A, k]
-                sb = kc[_K_SIG_B, k]
-                sc = kc[_K_SIG_C, k]
-                for j in range(m):
-                    jc = np.uintp(j0 + j)
-                    sigma[r, k, jc] = t[r, k, jc] * (sa * log_t[j_lo, j] + sb * log_t[j_hi, j] + sc)
-            if height is not None:
-                for j in range(m):
-                    height[r, k, np.uintp(j0 + j)] = z[j]
-                if k < n_lay:
+                    lo = t[r, k, jc]
+                    hi = t[r, k + 1, jc]
+                    s = hi + lo
+                    h_sum = a_p * (t[r, kp, jc] + lo) + a_k * s
+                    den = s * lo * h_sum if n2 is not None else s * h_sum
+                    u = (hi - lo) / s
+                    if not (abs(u) <= lim) or den == 0 or not math.isfinite(den):
+                        if lapse is not None:
+                            sl_c[j] = l_k * u
+                        if n2 is not None:
+                            sn_c[j] = p_k + q_k * u
+                        if sigma is not None:
+                            y_c[j] = math.log(np.float64(hi) / np.float64(lo))
+            # Levels written from layers k-1 and k with the general stencil
+            # s_{k-1} + (α + γ w) (s_k - s_{k-1}): level k after a redo, the bottom level
+            # (one-sided) once layer 1 is known, the top level (one-sided) at the last layer.
+            for case in range(3):
+                if case == 0:
+                    lev = k if n_redo > 0 and k > 0 else -1
+                elif case == 1:
+                    lev = 0 if k == 1 else -1
+                else:
+                    lev = n_lay if k == n_lay - 1 else -1
+                if lev < 0 or (lapse is None and n2 is None and sigma is None):
+                    continue
+                al = kc[_K_ALPHA, lev]
+                ga = kc[_K_GAMMA, lev]
+                a_p = kc[_K_THICK, k - 1]
+                if lapse is not None or n2 is not None:
                     for j in range(m):
-                        z[j] += thick[k, j]
+                        jc = np.uintp(j0 + j)
+                        lo = t[r, k, jc]
+                        h_p = a_p * (t[r, k - 1, jc] + lo)
+                        w_end[j] = al + ga * (h_p / (h_p + a_k * (t[r, k + 1, jc] + lo)))
+                if lapse is not None:
+                    for j in range(m):
+                        v = sl_p[j]
+                        lapse[r, lev, np.uintp(j0 + j)] = v + w_end[j] * (sl_c[j] - v)
+                if n2 is not None:
+                    rc_l = kc[_K_RC, lev]
+                    for j in range(m):
+                        jc = np.uintp(j0 + j)
+                        v = sn_p[j]
+                        n2[r, lev, jc] = (v + w_end[j] * (sn_c[j] - v)) * rc_l / t[r, lev, jc]
+                if sigma is not None:
+                    sa = kc[_K_SIG_A, lev]
+                    sb = kc[_K_SIG_B, lev]
+                    sc = kc[_K_SIG_C, lev]
+                    for j in range(m):
+                        jc = np.uintp(j0 + j)
+                        sigma[r, lev, jc] = t[r, lev, jc] * (sa * y_p[j] + sb * y_c[j] + sc)
+        if theta is not None:
+            c_k = kc[_K_C, n_lay]
+            for j in range(m):
+                jc = np.uintp(j0 + j)
+                theta[r, n_lay, jc] = c_k * t[r, n_lay, jc]
+        if height is not None:
+            for j in range(m):
+                height[r, n_lay, np.uintp(j0 + j)] = z[j]
 
 
 def _jit_kernel() -> Callable[..., None] | None:
@@ -504,22 +619,86 @@ def _kernel_z0(z_bottom: float | np.ndarray, t_ndim: int, lead: tuple[int, ...],
     return np.ascontiguousarray(full).reshape(-1, grid[0] * grid[1])
 
 
+class _Batches:
+    """Chunk ranges handed out one at a time to the threads that run the kernel.
+
+    The calling thread takes batches from the front, the workers from the back, so that
+    threads write far-apart parts of the outputs (each first write to a huge page of a
+    new output faults and zeroes it: two threads on one page wait for each other). The
+    calling thread waits only for batches that a worker has actually taken: a worker that
+    the OS schedules late (the machine is busy) finds nothing left and costs nothing.
+    """
+
+    def __init__(self, n_items: int, n_batches: int) -> None:
+        self._cuts = [n_items * i // n_batches for i in range(n_batches + 1)]
+        self._front = 0  # batches [front, back) are left
+        self._back = n_batches
+        self._busy = 0
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+
+    def take(self, from_back: bool) -> tuple[int, int] | None:
+        """The next (start, stop) range of chunks from one end, or None when all are taken."""
+        with self._cond:
+            if self._front >= self._back or self._error is not None:
+                return None
+            if from_back:
+                self._back -= 1
+                i = self._back
+            else:
+                i = self._front
+                self._front += 1
+            self._busy += 1
+            return self._cuts[i], self._cuts[i + 1]
+
+    def done(self, error: BaseException | None = None) -> None:
+        """Mark a taken batch finished (with the error it raised, if any)."""
+        with self._cond:
+            self._busy -= 1
+            if error is not None and self._error is None:
+                self._error = error
+            if self._busy == 0:
+                self._cond.notify_all()
+
+    def run(self, kernel: Callable[..., None], args: tuple, from_back: bool) -> None:
+        """Take and run batches until none is left: ``kernel(*args[:2], start, stop, *args[2:])``."""
+        while (batch := self.take(from_back)) is not None:
+            try:
+                kernel(*args[:2], *batch, *args[2:])
+            except BaseException as err:  # noqa: BLE001 - handed to the calling thread
+                self.done(err)
+                raise
+            self.done()
+
+    def wait(self) -> None:
+        """Block until every taken batch is finished; re-raise the first error."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._busy == 0)
+            if self._error is not None:
+                raise self._error
+
+
 def _run_kernel(
     t3: np.ndarray, levels: np.ndarray, out: dict[str, np.ndarray], z0: np.ndarray, threads: int | None
 ) -> tuple[int, int]:
     """Run :data:`_KERNEL` over t3 ([n, L, m] float32) into `out`; returns (chunks, threads)."""
     n_rows, n_levels, n_cols = t3.shape
-    width = max(16, _KERNEL_SCRATCH_VALUES // (n_levels - 1)) // 16 * 16
-    width = min(width, n_cols)
+    width = min(_CHUNK_COLUMNS, n_cols)
     n_items = n_rows * -(-n_cols // width)
     n_workers = min(threads or _n_threads(), n_items, max(1, t3.size // _MIN_VALUES_PER_THREAD))
     n_workers = max(1, n_workers)
-    args = (width, _kernel_constants(levels)) + tuple(out.get(name) for name in PRIORS)
-    cuts = [n_items * i // n_workers for i in range(n_workers + 1)]
-    futures = [_pool(n_workers - 1).submit(_KERNEL, t3, z0, lo, hi, *args) for lo, hi in zip(cuts[1:-1], cuts[2:])]
-    _KERNEL(t3, z0, cuts[0], cuts[1], *args)
-    for future in futures:
-        future.result()
+    args = (t3, z0, width, _kernel_constants_of(tuple(levels.tolist()))) + tuple(out.get(name) for name in PRIORS)
+    if n_workers == 1:
+        _KERNEL(t3, z0, 0, n_items, *args[2:])
+        return n_items, 1
+    batches = _Batches(n_items, min(n_items, _BATCHES_PER_THREAD * n_workers))
+    pool = _pool(n_workers - 1)
+    for _ in range(n_workers - 1):
+        pool.submit(batches.run, _KERNEL, args, True)
+    try:
+        batches.run(_KERNEL, args, False)
+    finally:
+        batches.wait()
     return n_items, n_workers
 
 
@@ -620,9 +799,9 @@ def compute_priors(
     t3 = np.ascontiguousarray(t, dtype=np.float32).reshape(n_rows, n_levels, n_cols)
     block = np.empty((len(names), n_rows, n_levels, n_cols), np.float32)
     out = dict(zip(names, block))
-    if t3.size == 0:
-        pass
-    elif _KERNEL is not None:
+    if t3.size == 0:  # an empty field: nothing to compute
+        return {name: arr.reshape(t.shape) for name, arr in out.items()}
+    if _KERNEL is not None:
         z0 = _kernel_z0(z_bottom, t.ndim, lead, grid) if "height" in names else np.zeros((1, 1))
         parts, n_workers = _run_kernel(t3, levels, out, z0, threads)
         logger.debug("priors %s on %s: numba kernel, %d chunks, %d threads", names, t.shape, parts, n_workers)
