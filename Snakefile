@@ -12,6 +12,15 @@ validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    year=r"\d{4}",
+    month=r"\d{2}",
+    split="|".join(SPLITS),
+    method="conservative|bicubic|bilinear",
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/regrid.smk"
 include: "workflow/rules/priors.smk"
@@ -20,6 +29,6 @@ include: "workflow/rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_outputs(),
-    default_target: True

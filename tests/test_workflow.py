@@ -81,7 +81,9 @@ def test_nothing_left_to_do_and_evaluation_only_reruns(run):
     dry = snakemake(run, "-n", "--configfile", "config/test.yaml")
     assert "Nothing to be done" in dry.stdout + dry.stderr
     # an evaluation-only change re-runs sampling and metrics, never training or data
-    plan = snakemake(run, "-n", "--configfile", "config/test.yaml", "--config", "evaluate={'ensemble_size': 4}", "results/metrics.csv")
+    changed = (run / "config/test.yaml").read_text().replace("ensemble_size: 3", "ensemble_size: 4")
+    (run / "config/eval_changed.yaml").write_text(changed)
+    plan = snakemake(run, "results/metrics.csv", "-n", "--configfile", "config/eval_changed.yaml")
     out = plan.stdout + plan.stderr
     assert "sample" in out and "metrics" in out
     for upstream in ["train_deterministic", "train_residual", "priors", "download", "regrid"]:

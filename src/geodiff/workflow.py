@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pandas as pd
 
@@ -70,3 +71,9 @@ def training_config(config: dict, ablation: str | None = None) -> dict:
     elif ablation is not None:
         raise ValueError(f"unknown ablation {ablation!r}: {sorted(ABLATIONS)}")
     return out
+
+
+def export_source_path(basedir: str) -> None:
+    """Put `<basedir>/src` first on PYTHONPATH, so rule jobs (also in conda envs without the
+    package installed, and on cluster nodes, which inherit the environment) import this checkout."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [f"{basedir}/src", os.environ.get("PYTHONPATH")]))

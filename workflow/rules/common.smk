@@ -1,12 +1,17 @@
 # Helpers shared by the rules: paths, months, splits, resources and params.
 import json
-import os
 
 from geodiff.provenance import config_hash
-from geodiff.workflow import check_splits, months_in_period, months_of_split, training_config
+from geodiff.workflow import (
+    check_splits,
+    export_source_path,
+    months_in_period,
+    months_of_split,
+    training_config,
+)
 
 # rule jobs (also conda envs without the package installed) import geodiff from this checkout
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [f"{workflow.basedir}/src", os.environ.get("PYTHONPATH")]))
+export_source_path(workflow.basedir)
 
 RESULTS = config["results"]
 check_splits(config)
@@ -14,13 +19,6 @@ MONTHS = months_in_period(config["data"]["period"])
 SPLITS = ["train", "val", "test"]
 UPSAMPLERS = ["bicubic", "bilinear"]
 ABLATIONS = config["ablations"]
-
-
-wildcard_constraints:
-    year=r"\d{4}",
-    month=r"\d{2}",
-    split="|".join(SPLITS),
-    method="conservative|bicubic|bilinear",
 
 
 def results(path):
@@ -39,7 +37,7 @@ def benchmarks(name):
 
 
 def get_final_outputs():
-    """What `rule all` asks for: the metric tables (and through them everything else)."""
+    """The targets of the default run: the metric tables (and through them everything else)."""
     return [results("metrics.csv"), results("metrics_by_level.csv")]
 
 
@@ -54,8 +52,21 @@ def get_split_period(wildcards):
 
 
 def data_params():
-    """The config keys that define the downloaded data (nothing downstream)."""
-    return {k: config[k] for k in ("seed", "data", "grid", "levels")}
+    """The config keys that define the downloaded data (nothing downstream), as sorted JSON
+    so that Snakemake's params trigger sees the same text for the same values."""
+    return json.dumps(
+        {k: config[k] for k in ("seed", "data", "grid", "levels")}, sort_keys=True
+    )
+
+
+def store_hash():
+    """Hash of the keys that define the HDF5 stores (never evaluation-only ones)."""
+    return config_hash(
+        {
+            k: config[k]
+            for k in ("seed", "data", "grid", "levels", "regrid", "priors", "splits")
+        }
+    )
 
 
 def get_priors_input(wildcards):
@@ -73,14 +84,19 @@ def get_priors_input(wildcards):
 
 def train_params(ablation=None):
     """Everything that defines a trained model, and nothing evaluation-only (so evaluation
-    changes never retrain); an ablation switches the priors or the physics loss terms off."""
+    changes never retrain); an ablation switches the priors or the physics loss terms off.
+    """
     return json.dumps(training_config(config, ablation), sort_keys=True)
 
 
 def get_baseline_files():
     """Baseline fields on the evaluation split: interpolations and the deterministic U-Net."""
     split = config["evaluate"]["split"]
-    methods = [*config["evaluate"]["baselines"], "deterministic", *(f"ablation_{a}" for a in ABLATIONS)]
+    methods = [
+        *config["evaluate"]["baselines"],
+        "deterministic",
+        *(f"ablation_{a}" for a in ABLATIONS),
+    ]
     return [results(f"baselines/{split}_{m}.nc") for m in methods]
 
 

@@ -14,16 +14,19 @@ rule download:
         logs("download/{year}-{month}"),
     benchmark:
         benchmarks("download/{year}-{month}")
-    params:
-        config=data_params(),
+    retries:
+        config["data"].get("cds", {}).get("retries", 3)
+        if config["data"]["source"] == "cds"
+        else 0
+    conda:
+        "../../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=heavy_mem_mb,
         runtime=60,
         cds=1,
-    retries: config["data"].get("cds", {}).get("retries", 3) if config["data"]["source"] == "cds" else 0
-    conda:
-        "../../envs/data.yaml"
+    params:
+        config=data_params(),
     script:
         "../../scripts/download.py"
 
@@ -35,14 +38,14 @@ rule statics:
         logs("statics"),
     benchmark:
         benchmarks("statics")
-    params:
-        config=data_params(),
+    conda:
+        "../../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
         cds=1,
-    conda:
-        "../../envs/data.yaml"
+    params:
+        config=data_params(),
     script:
         "../../scripts/statics.py"

@@ -13,18 +13,18 @@ rule sample:
         logs("sample/{split}"),
     benchmark:
         benchmarks("sample/{split}")
+    conda:
+        "../../envs/evaluate.yaml"
+    threads: train_resources("cpus")
+    resources:
+        mem_mb=8000,
+        runtime=60,
     params:
         members=config["evaluate"]["ensemble_size"],
         steps=config["evaluate"]["sampler_steps"],
         s_churn=config["evaluate"]["s_churn"],
         seed=config["seed"],
         device=config["train"]["device"],
-    threads: train_resources("cpus")
-    resources:
-        mem_mb=8000,
-        runtime=60,
-    conda:
-        "../../envs/evaluate.yaml"
     script:
         "../../scripts/sample.py"
 
@@ -38,16 +38,23 @@ rule baselines:
         logs("baselines/{split}_{baseline}"),
     benchmark:
         benchmarks("baselines/{split}_{baseline}")
-    params:
-        device=config["train"]["device"],
     wildcard_constraints:
-        baseline="|".join(["bicubic", "bilinear", "deterministic", *(f"ablation_{a}" for a in ABLATIONS)]),
+        baseline="|".join(
+            [
+                "bicubic",
+                "bilinear",
+                "deterministic",
+                *(f"ablation_{a}" for a in ABLATIONS),
+            ]
+        ),
+    conda:
+        "../../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/evaluate.yaml"
+    params:
+        device=config["train"]["device"],
     script:
         "../../scripts/baselines.py"
 
@@ -65,11 +72,11 @@ rule metrics:
         logs("metrics"),
     benchmark:
         benchmarks("metrics")
+    conda:
+        "../../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/evaluate.yaml"
     script:
         "../../scripts/metrics.py"

@@ -10,18 +10,18 @@ rule priors:
         logs("priors/{split}"),
     benchmark:
         benchmarks("priors/{split}")
+    conda:
+        "../../envs/priors.yaml"
+    threads: 1
+    resources:
+        mem_mb=heavy_mem_mb,
+        runtime=60,
     params:
         period=get_split_period,
         levels=config["levels"],
         priors=config["priors"]["names"],
         upsample=config["regrid"]["upsample"],
         scale_factor=config["grid"]["scale_factor"],
-        config_hash=config_hash(config),
-    threads: 1
-    resources:
-        mem_mb=heavy_mem_mb,
-        runtime=60,
-    conda:
-        "../../envs/priors.yaml"
+        config_hash=store_hash(),
     script:
         "../../scripts/priors.py"

@@ -8,15 +8,15 @@ rule regrid_weights:
         logs("regrid_weights/{method}"),
     benchmark:
         benchmarks("regrid_weights/{method}")
-    params:
-        grid=config["grid"],
-        backend=config["regrid"]["backend"],
+    conda:
+        "../../envs/regrid.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../envs/regrid.yaml"
+    params:
+        grid=config["grid"],
+        backend=config["regrid"]["backend"],
     script:
         "../../scripts/regrid_weights.py"
 
@@ -24,20 +24,22 @@ rule regrid_weights:
 rule regrid:
     input:
         raw=results("raw/{year}-{month}.nc"),
-        weights=expand(results("regrid/weights_{method}.nc"), method=["conservative", *UPSAMPLERS]),
+        weights=expand(
+            results("regrid/weights_{method}.nc"), method=["conservative", *UPSAMPLERS]
+        ),
     output:
         results("regrid/{year}-{month}.nc"),
     log:
         logs("regrid/{year}-{month}"),
     benchmark:
         benchmarks("regrid/{year}-{month}")
-    params:
-        methods=["conservative", *UPSAMPLERS],
+    conda:
+        "../../envs/regrid.yaml"
     threads: 1
     resources:
         mem_mb=heavy_mem_mb,
         runtime=30,
-    conda:
-        "../../envs/regrid.yaml"
+    params:
+        methods=["conservative", *UPSAMPLERS],
     script:
         "../../scripts/regrid.py"

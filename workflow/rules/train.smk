@@ -14,10 +14,8 @@ rule train_deterministic:
         logs("train_deterministic"),
     benchmark:
         benchmarks("train_deterministic")
-    params:
-        config=train_params(),
-        launch=get_train_launch(),
-        logdir=results("logs/tensorboard/deterministic"),
+    conda:
+        "../../envs/train.yaml"
     threads: train_resources("cpus")
     resources:
         nodes=train_resources("nodes"),
@@ -26,8 +24,10 @@ rule train_deterministic:
         mem_mb=train_resources("mem_mb"),
         runtime=train_resources("runtime"),
         mpi=get_train_mpi(),
-    conda:
-        "../../envs/train.yaml"
+    params:
+        config=train_params(),
+        launch=get_train_launch(),
+        logdir=results("logs/tensorboard/deterministic"),
     shell:
         "{params.launch} python -m geodiff train --stage deterministic --train {input.train:q} --val {input.val:q}"
         " --out {output:q} --logdir {params.logdir:q} --config-json {params.config:q} > {log:q} 2>&1"
@@ -44,10 +44,8 @@ rule train_residual:
         logs("train_residual"),
     benchmark:
         benchmarks("train_residual")
-    params:
-        config=train_params(),
-        launch=get_train_launch(),
-        logdir=results("logs/tensorboard/residual"),
+    conda:
+        "../../envs/train.yaml"
     threads: train_resources("cpus")
     resources:
         nodes=train_resources("nodes"),
@@ -56,8 +54,10 @@ rule train_residual:
         mem_mb=train_resources("mem_mb"),
         runtime=train_resources("runtime"),
         mpi=get_train_mpi(),
-    conda:
-        "../../envs/train.yaml"
+    params:
+        config=train_params(),
+        launch=get_train_launch(),
+        logdir=results("logs/tensorboard/residual"),
     shell:
         "{params.launch} python -m geodiff train --stage residual --train {input.train:q} --val {input.val:q}"
         " --deterministic {input.deterministic:q} --out {output:q} --logdir {params.logdir:q}"
@@ -74,12 +74,10 @@ rule train_ablation:
         logs("train_ablation/{ablation}"),
     benchmark:
         benchmarks("train_ablation/{ablation}")
-    params:
-        config=get_ablation_params,
-        launch=get_train_launch(),
-        logdir=results("logs/tensorboard"),
     wildcard_constraints:
         ablation="|".join(ABLATIONS),
+    conda:
+        "../../envs/train.yaml"
     threads: train_resources("cpus")
     resources:
         nodes=train_resources("nodes"),
@@ -88,8 +86,10 @@ rule train_ablation:
         mem_mb=train_resources("mem_mb"),
         runtime=train_resources("runtime"),
         mpi=get_train_mpi(),
-    conda:
-        "../../envs/train.yaml"
+    params:
+        config=get_ablation_params,
+        launch=get_train_launch(),
+        logdir=results("logs/tensorboard"),
     shell:
         "{params.launch} python -m geodiff train --stage deterministic --train {input.train:q} --val {input.val:q}"
         " --out {output:q} --logdir {params.logdir:q}/ablation_{wildcards.ablation} --config-json {params.config:q}"
