@@ -21,6 +21,7 @@ import torch
 from geodiff.constants import C_P, G, KAPPA, P0_HPA, R_D
 from geodiff.physics import thermo
 from geodiff.physics.priors import PRIORS, compute_priors
+from test_priors import _assert_close, _reference
 
 with warnings.catch_warnings():  # metpy imports pyproj, which may warn about its PROJ database
     warnings.simplefilter("ignore")
@@ -285,26 +286,6 @@ def test_gradient_flows_through_torch_forms() -> None:
 # --------------------------------------------------------------------------
 # priors
 # --------------------------------------------------------------------------
-def _reference_priors(t: np.ndarray, levels: np.ndarray, z_bottom) -> dict[str, np.ndarray]:
-    t = t.astype(np.float64)
-    z = thermo.hypsometric_height(t, levels, z_bottom=z_bottom)
-    return {
-        "theta": thermo.potential_temperature(t, levels),
-        "lapse_rate": thermo.lapse_rate(t, z),
-        "static_stability": thermo.static_stability(t, levels),
-        "n2": thermo.brunt_vaisala_frequency_squared(t, z, levels),
-        "height": z,
-    }
-
-
-def _assert_priors_close(out: dict[str, np.ndarray], ref: dict[str, np.ndarray], shape: tuple[int, ...]) -> None:
-    """float32 results: 1e-5 relative, or 1e-6 of the field's largest value where it crosses 0."""
-    for name, value in out.items():
-        assert value.dtype == np.float32 and value.shape == shape, name
-        scale = np.abs(ref[name]).max()
-        np.testing.assert_allclose(value, ref[name], rtol=1e-5, atol=1e-6 * scale, err_msg=name)
-
-
 def test_priors_table() -> None:
     assert set(PRIORS) == {"theta", "lapse_rate", "static_stability", "n2", "height"}
     assert PRIORS["static_stability"][0] == "J kg-1 Pa-2" and PRIORS["lapse_rate"][0] == "K km-1"
@@ -316,10 +297,10 @@ def test_compute_priors_matches_thermo(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(6)
     t = _columns(rng, shape=(5, 12, 10)).astype(np.float32)
     zb = rng.uniform(0.0, 1500.0, (12, 10))
-    ref = _reference_priors(t, LEVELS, zb)
+    ref = _reference(t, LEVELS, zb)
     out = compute_priors(t, LEVELS, list(PRIORS), z_bottom=zb)
     assert list(out) == list(PRIORS)
-    _assert_priors_close(out, ref, t.shape)
+    _assert_close(out, ref, t.shape)
     # small blocks: rows and columns split, two threads; identical numbers
     import geodiff.physics.priors as priors_module
 
@@ -332,8 +313,8 @@ def test_compute_priors_matches_thermo(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_compute_priors_on_gfs(gfs: dict[str, np.ndarray]) -> None:
     t = gfs["t"].astype(np.float32)
-    ref = _reference_priors(t, gfs["p"], gfs["z"][:, 0])
-    _assert_priors_close(compute_priors(t, gfs["p"], list(PRIORS), z_bottom=gfs["z"][:, 0]), ref, t.shape)
+    ref = _reference(t, gfs["p"], gfs["z"][:, 0])
+    _assert_close(compute_priors(t, gfs["p"], list(PRIORS), z_bottom=gfs["z"][:, 0]), ref, t.shape)
 
 
 def test_compute_priors_shapes_and_errors() -> None:
@@ -344,7 +325,7 @@ def test_compute_priors_shapes_and_errors() -> None:
     np.testing.assert_allclose(single["theta"], thermo.potential_temperature(t4[0], LEVELS), rtol=1e-6)
     t5 = np.stack([t4, t4 + 1.0])  # [2, 2, L, H, W]
     five = compute_priors(t5, LEVELS, ["height"], z_bottom=np.full((2, 2, 4, 3), 10.0))
-    np.testing.assert_allclose(five["height"][1, 0], _reference_priors(t4[0] + 1.0, LEVELS, 10.0)["height"], rtol=1e-6)
+    np.testing.assert_allclose(five["height"][1, 0], _reference(t4[0] + 1.0, LEVELS, 10.0)["height"], rtol=1e-6)
     assert compute_priors(t4, LEVELS, []) == {}
     # top-down level order: the same numbers, flipped (no height: z_bottom is the top then)
     names = ["theta", "lapse_rate", "static_stability", "n2"]
