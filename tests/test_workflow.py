@@ -70,7 +70,7 @@ def test_metrics_table_is_tidy_and_complete(run):
     assert list(table.columns) == ["method", "variable", "level", "metric", "value"]
     assert not table["value"].isna().any()
     overall = table[(table["level"] == "all")].pivot_table(index="method", columns="metric", values="value")
-    for method in ["bicubic", "bilinear", "deterministic", "geodiff_mean"]:
+    for method in ["bicubic", "bilinear", "deterministic", "ablation_no_priors", "geodiff_mean"]:
         assert {"rmse", "mae", "bias"} <= set(overall.columns) and not np.isnan(overall.loc[method, "rmse"])
     assert overall.loc["geodiff", "crps"] > 0
     per_level = table[(table["level"] != "all") & (table["metric"] == "rmse")]

@@ -15,7 +15,7 @@ from geodiff.evaluate.fields import store_coords, write_prediction
 from geodiff.evaluate.metrics import MEMBER
 from geodiff.model.edm import sample_ensemble
 from geodiff.model.networks import load_model
-from geodiff.train.distributed import resolve_device
+from geodiff.train.distributed import bf16_autocast, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,11 @@ def ensemble_prediction(
     device: str = "auto",
     batch_size: int = 8,
     limit: int | None = None,
+    space: str = "scaled",
 ) -> xr.DataArray:
-    """Temperature ensemble [member, time, level, lat, lon], K (first `limit` samples if given)."""
+    """Temperature ensemble [member, time, level, lat, lon], K (first `limit` samples if given).
+
+    `space` is the sampler's (see :func:`geodiff.model.edm.edm_sampler`)."""
     device = resolve_device(device, 0)
     deterministic = load_model(deterministic_path, device).eval()
     residual = load_model(residual_path, device).eval()
@@ -46,7 +49,10 @@ def ensemble_prediction(
         batch = {k: v.to(device) for k, v in batch.items()}
         det = deterministic(batch["lr_up"], batch["static"], batch["priors"])
         cond = residual.condition(det, batch)
-        draws = sample_ensemble(residual, cond, batch["priors"], members, num_steps=steps, S_churn=s_churn, generator=generator)
+        with bf16_autocast(device):  # the residual network only: ŷ stays the float32 deterministic baseline
+            draws = sample_ensemble(residual, cond, batch["priors"], members, num_steps=steps,
+                                    S_churn=s_churn, generator=generator, space=space)
+        draws = residual.unscale(draws)
         out.append(deterministic.denormalise((det.unsqueeze(0) + draws)[:, :, 0]).cpu())
     coords = store_coords(store_path)
     if limit is not None:

@@ -94,6 +94,10 @@ def edm_time_steps(
     return torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
 
 
+SAMPLER_SPACES = ("scaled", "edm")
+"""Variables the sampler integrates in: see :func:`edm_sampler`."""
+
+
 @torch.no_grad()
 def edm_sampler(
     D: nn.Module,
@@ -109,15 +113,29 @@ def edm_sampler(
     S_noise: float = 1.0,
     generator: torch.Generator | None = None,
     shape: tuple[int, ...] | None = None,
+    space: str = "scaled",
 ) -> torch.Tensor:
-    """Heun 2nd-order sampler with stochastic churn, EDM Algorithm 2.
+    """Heun 2nd-order sampler with stochastic churn (EDM Algorithm 2) on the eq. 5 schedule.
 
-    Integrates dx/dt = (x − D(x; t))/t from t_0 = σmax to t_N = 0 on the eq. 5 schedule;
-    with S_churn > 0 each step first raises the noise level to t̂ = (1 + γ) t,
+    The probability-flow ODE dx/dt = (x − D(x; t))/t runs from t_0 = σmax to t_N = 0.
+    `space` picks the variables Heun's rule is applied in:
+
+    * ``"edm"``: x against t, as in EDM Algorithm 2.
+    * ``"scaled"`` (default): y = c_in(t) x = x/√(t² + σd²) against u = ln t, where the
+      same ODE reads dy/du = c_in(t) (c_skip(t) x − D(x; t)) = −c_in c_out F. The data
+      part the network has not explained is all that moves y, so for data near
+      N(μ, σd²) the steps are nearly exact: with the exact denoiser of N(μ, s²), 18
+      steps give the variance within 1 % for s in [0.3, 2] σd, where "edm" is 7-13 %
+      high (tests/test_edm.py). The last step, to t = 0, is x_0 = D(x; t_{N−1}) in both.
+
+    With S_churn > 0 each step first raises the noise level to t̂ = (1 + γ) t,
     γ = min(S_churn/N, √2 − 1) for t in [S_min, S_max]. The state is kept in float64,
-    D is called in the dtype of `cond`. σmin/σmax are clipped to D's range when D has one.
-    Returns x_0 of `shape` (default [B, 1, L, H, W] from `cond`) in the dtype of `cond`.
+    D is called in the dtype of `cond`. σmin/σmax are clipped to D's range when D has one;
+    "scaled" needs ``D.sigma_data``. Returns x_0 of `shape` (default [B, 1, L, H, W] from
+    `cond`) in the dtype of `cond`.
     """
+    if space not in SAMPLER_SPACES:
+        raise ValueError(f"sampler space must be one of {SAMPLER_SPACES}, not {space!r}")
     shape = tuple(shape) if shape is not None else (cond.shape[0], 1, *cond.shape[2:])
     sigma_min = max(sigma_min, getattr(D, "sigma_min", sigma_min))
     sigma_max = min(sigma_max, getattr(D, "sigma_max", sigma_max))
@@ -126,33 +144,47 @@ def edm_sampler(
     def randn() -> torch.Tensor:
         return torch.randn(shape, generator=generator, device=cond.device, dtype=torch.float64)
 
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return D(x.to(dtype), t.to(dtype), cond, priors).double()
+
+    if space == "edm":
+        def step(x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, last: bool) -> torch.Tensor:
+            d_cur = (x - denoise(x, t)) / t
+            x_next = x + (t_next - t) * d_cur
+            if last:
+                return x_next
+            d_prime = (x_next - denoise(x_next, t_next)) / t_next
+            return x + (t_next - t) * (0.5 * d_cur + 0.5 * d_prime)
+    else:
+        var_data = float(D.sigma_data) ** 2
+
+        def slope(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # dy/du
+            return (var_data / (t**2 + var_data) * x - denoise(x, t)) / (t**2 + var_data).sqrt()
+
+        def step(x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, last: bool) -> torch.Tensor:
+            if last:
+                return denoise(x, t)
+            h = (t_next / t).log()
+            k_cur = slope(x, t)
+            y = x / (t**2 + var_data).sqrt()
+            x_next = (y + h * k_cur) * (t_next**2 + var_data).sqrt()
+            return (y + h * 0.5 * (k_cur + slope(x_next, t_next))) * (t_next**2 + var_data).sqrt()
+
     # Time step discretisation (eq. 5).
     t_steps = edm_time_steps(num_steps, sigma_min, sigma_max, rho, device=cond.device)
-    log.debug("EDM sampler: %d steps, sigma %.3g -> %.3g, rho %g, S_churn %g, shape %s",
-              num_steps, sigma_max, sigma_min, rho, S_churn, shape)
+    log.debug("EDM sampler (%s): %d steps, sigma %.3g -> %.3g, rho %g, S_churn %g, shape %s",
+              space, num_steps, sigma_max, sigma_min, rho, S_churn, shape)
 
     # Main sampling loop (Algorithm 2).
-    x_next = randn() * t_steps[0]
+    x = randn() * t_steps[0]
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        x_cur = x_next
-
         # Increase noise temporarily.
         gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0.0
         t_hat = t_cur + gamma * t_cur
-        x_hat = x_cur + (t_hat**2 - t_cur**2).sqrt() * S_noise * randn() if gamma > 0 else x_cur
-
-        # Euler step.
-        denoised = D(x_hat.to(dtype), t_hat.to(dtype), cond, priors).double()
-        d_cur = (x_hat - denoised) / t_hat
-        x_next = x_hat + (t_next - t_hat) * d_cur
-
-        # Apply 2nd order correction.
-        if i < num_steps - 1:
-            denoised = D(x_next.to(dtype), t_next.to(dtype), cond, priors).double()
-            d_prime = (x_next - denoised) / t_next
-            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
-
-    return x_next.to(dtype)
+        if gamma > 0:
+            x = x + (t_hat**2 - t_cur**2).sqrt() * S_noise * randn()
+        x = step(x, t_hat, t_next, last=i == num_steps - 1)
+    return x.to(dtype)
 
 
 @torch.no_grad()

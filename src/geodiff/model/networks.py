@@ -2,8 +2,10 @@
 
 * `DeterministicModel`: ŷ = x + U(x, statics, priors), with x the normalised
   interpolated coarse temperature (the U-Net learns the correction to the input).
-* `ResidualModel`: the EDM-preconditioned denoiser D(r; σ, cond, priors) of the
-  residual r = y − ŷ, conditioned on cond = [ŷ, x, statics].
+* `ResidualModel`: the EDM-preconditioned denoiser D(r̃; σ, cond, priors) of the
+  residual r = y − ŷ, conditioned on cond = [ŷ, x, statics]. It works on r̃ = r/s_l,
+  the residual scaled by its training RMS s_l at each level, so σd = 1 holds at every
+  level (the residual is several times larger near the ground than aloft).
 
 Both carry their normalisation stats (`t_mean`, `t_std`, K, per level) as buffers and
 an `arch` dict from which `load_model` rebuilds them: a model file is data, never code.
@@ -51,15 +53,30 @@ class DeterministicModel(_Normalised):
 
 
 class ResidualModel(_Normalised):
-    """EDM denoiser of the residual: D(r; σ) with conditioning [ŷ, x, statics] and priors."""
+    """EDM denoiser of the scaled residual: D(r̃; σ) with conditioning [ŷ, x, statics] and priors.
 
-    def __init__(self, n_levels: int, n_priors: int, width: int, depth: int, sigma_data: float) -> None:
+    `r_scale` [L] (normalised units) is the per-level RMS s_l of the training residual;
+    :meth:`scale` and :meth:`unscale` map r ↔ r̃ = r/s_l, whose σd is 1.
+    """
+
+    sigma_data = 1.0
+
+    def __init__(self, n_levels: int, n_priors: int, width: int, depth: int) -> None:
         super().__init__(n_levels)
-        self.arch = dict(stage="residual", n_levels=n_levels, n_priors=n_priors, width=width, depth=depth, sigma_data=sigma_data)
+        self.arch = dict(stage="residual", n_levels=n_levels, n_priors=n_priors, width=width, depth=depth)
+        self.register_buffer("r_scale", torch.ones(n_levels))
         n_cond = 2 + len(STATICS)
         net = UNet3D(1 + n_cond, 1, prior_channels=n_priors, width=width, depth=depth, noise_channels=width)
-        self.precond = EDMPrecond(net, sigma_data=sigma_data)
-        self.sigma_data, self.sigma_min, self.sigma_max = sigma_data, self.precond.sigma_min, self.precond.sigma_max
+        self.precond = EDMPrecond(net, sigma_data=self.sigma_data)
+        self.sigma_min, self.sigma_max = self.precond.sigma_min, self.precond.sigma_max
+
+    def scale(self, r: torch.Tensor) -> torch.Tensor:
+        """Residual [..., L, H, W] (normalised units) -> r̃ = r/s_l."""
+        return r / self.r_scale[:, None, None]
+
+    def unscale(self, r: torch.Tensor) -> torch.Tensor:
+        """r̃ [..., L, H, W] -> residual in normalised units."""
+        return r * self.r_scale[:, None, None]
 
     @staticmethod
     def condition(deterministic: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -71,13 +88,13 @@ class ResidualModel(_Normalised):
         return self.precond(x, sigma, cond, priors if priors is not None and priors.numel() else None)
 
 
-def build_model(stage: str, config: dict, n_levels: int, n_priors: int, sigma_data: float | None = None) -> nn.Module:
+def build_model(stage: str, config: dict, n_levels: int, n_priors: int) -> nn.Module:
     """A fresh model of `stage` sized by config `model`."""
     depth = int(config["model"]["depth"])
     if stage == "deterministic":
         return DeterministicModel(n_levels, n_priors, int(config["model"]["width"]), depth)
     width = int(config["model"].get("residual_width", config["model"]["width"]))
-    return ResidualModel(n_levels, n_priors, width, depth, float(sigma_data))
+    return ResidualModel(n_levels, n_priors, width, depth)
 
 
 def load_model(path: str, device: str = "cpu") -> nn.Module:
@@ -92,14 +109,14 @@ def load_model(path: str, device: str = "cpu") -> nn.Module:
 
 
 @torch.no_grad()
-def estimate_sigma_data(deterministic: nn.Module, loader, device: str, max_batches: int = 20) -> float:
-    """Standard deviation of the residual y − ŷ over training batches (normalised units)."""
+def residual_scale(deterministic: nn.Module, loader, device: str, max_batches: int = 20) -> torch.Tensor:
+    """Per-level RMS [L] of the residual y − ŷ over training batches (normalised units)."""
     sq, n = 0.0, 0
     for i, batch in enumerate(loader):
         if i >= max_batches:
             break
         batch = {k: v.to(device) for k, v in batch.items()}
         r = batch["hr"] - deterministic(batch["lr_up"], batch["static"], batch["priors"])
-        sq += float((r**2).sum())
-        n += r.numel()
-    return max((sq / n) ** 0.5, 1e-3)
+        sq = sq + (r**2).sum(dim=(0, 1, 3, 4))
+        n += r[:, :, 0].numel()
+    return (sq / n).sqrt().clamp_min(1e-3)

@@ -338,6 +338,19 @@ def resolve_device(device: str, local_rank: int) -> str:
     raise ValueError(f"unknown device {device!r} (auto | cpu | cuda | cuda:N)")
 
 
+def bf16_autocast(device: str, requested: bool = True) -> torch.autocast:
+    """bfloat16 autocast for `device` when `requested` and the hardware computes in bfloat16 natively.
+
+    On CUDA always; on CPU only where oneDNN has native bfloat16 kernels (AVX512-BF16
+    or AMX), where it makes the U-Net's 3D convolutions about 1.7x faster (2-core
+    AVX512-BF16 machine); emulated bfloat16 would be slower than float32, so it stays off.
+    """
+    kind = torch.device(device).type
+    native = kind == "cuda" or (kind == "cpu" and torch.backends.mkldnn.is_available()
+                                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=requested and native)
+
+
 def init_distributed(device: str = "auto") -> DistContext:
     """Detect the launcher, choose device and backend, join the process group.
 

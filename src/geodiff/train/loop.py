@@ -1,7 +1,7 @@
 """The training loop shared by both stages: deterministic U-Net and EDM residual model.
 
 Runs alone, under torchrun, srun or mpirun (see `geodiff.train.distributed`), with a
-DistributedSampler, gradient clipping, AMP (bfloat16) on GPU, EMA weights for the
+DistributedSampler, gradient clipping, AMP (bfloat16) on GPUs and bfloat16-capable CPUs, EMA weights for the
 diffusion model, TensorBoard logs and tqdm progress on rank 0, and atomic resumable
 checkpoints (`<out>.ckpt`) that carry everything needed to continue.
 """
@@ -23,9 +23,9 @@ from geodiff import __version__
 from geodiff.data.loader import StoreDataset, store_info
 from geodiff.model.edm import EMA, edm_loss
 from geodiff.model.losses import PhysicsLoss
-from geodiff.model.networks import build_model, estimate_sigma_data, load_model
+from geodiff.model.networks import build_model, load_model, residual_scale
 from geodiff.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from geodiff.train.distributed import DistContext, cleanup, init_distributed, is_main
+from geodiff.train.distributed import DistContext, bf16_autocast, cleanup, init_distributed, is_main
 
 log = logging.getLogger(__name__)
 
@@ -84,23 +84,22 @@ def _train(stage, train_path, val_path, out_path, logdir, config, deterministic_
     device = ctx.device
     total_steps = int(tcfg[f"{stage}_steps"])
 
+    stats = dataset.t_mean.ravel(), dataset.t_std.ravel()
+    model = build_model(stage, config, n_levels=len(info["levels"]), n_priors=len(prior_names))
+    model.t_mean.copy_(torch.from_numpy(stats[0]))
+    model.t_std.copy_(torch.from_numpy(stats[1]))
     deterministic = None
     if stage == "residual":
         deterministic = load_model(deterministic_path, device).eval()
-        sigma_data = estimate_sigma_data(deterministic, loader, device)
-    else:
-        sigma_data = None
-    stats = dataset.t_mean.ravel(), dataset.t_std.ravel()
-    model = build_model(stage, config, n_levels=len(info["levels"]), n_priors=len(prior_names), sigma_data=sigma_data)
-    model.t_mean.copy_(torch.from_numpy(stats[0]))
-    model.t_std.copy_(torch.from_numpy(stats[1]))
+        model.r_scale.copy_(residual_scale(deterministic, loader, device))
+        log.info("residual RMS per level (normalised units): %s", model.r_scale.cpu().numpy().round(3))
     model.prior_names = prior_names
     model = model.to(device)
     ddp = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None) if ctx.distributed else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(tcfg["lr"]), weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total_steps))
     ema = EMA(model, decay=float(tcfg.get("ema_decay", 0.999)))
-    amp = bool(tcfg.get("amp", True)) and device.startswith("cuda")
+    amp = bool(tcfg.get("amp", True))
     physics = PhysicsLoss(config["loss"], info["levels"], torch.from_numpy(stats[0]), torch.from_numpy(stats[1])).to(device)
 
     ckpt_path = Path(f"{out_path}.ckpt")
@@ -129,7 +128,7 @@ def _train(stage, train_path, val_path, out_path, logdir, config, deterministic_
             if step >= total_steps:
                 break
             batch = to_device(batch, device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            with bf16_autocast(device, amp):
                 loss, terms = _stage_loss(stage, ddp, deterministic, physics, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -184,8 +183,8 @@ def _stage_loss(stage, net, deterministic, physics, batch):
         return physics(pred[:, 0], batch["hr"][:, 0], batch.get("z"))
     with torch.no_grad():
         det = deterministic(batch["lr_up"], batch["static"], batch["priors"])
-    cond = net.module.condition(det, batch) if hasattr(net, "module") else net.condition(det, batch)
-    loss = edm_loss(net, batch["hr"] - det, cond, batch["priors"]).mean()
+    model = getattr(net, "module", net)
+    loss = edm_loss(net, model.scale(batch["hr"] - det), model.condition(det, batch), batch["priors"]).mean()
     return loss, {"edm": loss.detach()}
 
 
