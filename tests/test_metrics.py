@@ -103,3 +103,18 @@ def test_small_scale_power_ratio():
     truth = truth.assign_coords(level=[1000.0])
     assert m.small_scale_power_ratio(truth, truth, 4) == pytest.approx(1.0)
     assert m.small_scale_power_ratio(0.5 * truth, truth, 4) == pytest.approx(0.25)
+
+
+def test_point_forecasts_get_a_crps_equal_to_their_mae():
+    """metrics.csv ranks every method on CRPS: a point forecast's is its MAE, per level and overall."""
+    from geodiff.evaluate.tables import metric_table
+
+    rng = np.random.default_rng(4)
+    coords = {"level": [1000.0, 850.0, 700.0], "lat": np.linspace(40, 50, 8), "lon": np.linspace(0, 10, 8)}
+    truth = xr.DataArray(260 + rng.normal(size=(3, 3, 8, 8)), dims=("time", "level", "lat", "lon"), coords=coords)
+    ens = truth + xr.DataArray(rng.normal(size=(4, 3, 3, 8, 8)), dims=("member", *truth.dims))
+    table = metric_table(truth, {"point": ens.isel(member=0, drop=True)}, ens, scale_factor=4)
+    rows = table[table["method"] == "point"].pivot_table(index="level", columns="metric", values="value")
+    np.testing.assert_allclose(rows["crps"].values, rows["mae"].values, rtol=1e-12)
+    ensemble = table[(table["method"] == "geodiff") & (table["metric"] == "crps")].set_index("level")["value"]
+    assert len(ensemble) == 4 and (ensemble < rows["crps"].reindex(ensemble.index)).all()

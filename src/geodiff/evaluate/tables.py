@@ -29,8 +29,14 @@ def _rows(method: str, metric: str, per_level: xr.DataArray, overall: float) -> 
 
 
 def method_rows(method: str, forecast: xr.DataArray, truth: xr.DataArray, scale_factor: int) -> list[dict]:
-    """Rows of one deterministic forecast: point and physics metrics per level and overall."""
+    """Rows of one deterministic forecast: point and physics metrics per level and overall.
+
+    Its "crps" is that of a one-member ensemble, which equals its MAE, so every method
+    can be ranked against the GeoDiff ensemble on CRPS.
+    """
     rows = []
+    crps = m.crps_skill(forecast.expand_dims({m.MEMBER: 1}), truth)
+    rows += _rows(method, "crps", crps, float(crps.mean()))
     for name, fn in POINT_METRICS.items():
         per_level = fn(forecast, truth)
         if name in ("rmse", "lapse_rate_rmse"):
