@@ -99,7 +99,7 @@ def _train(stage, train_path, val_path, out_path, logdir, config, deterministic_
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(tcfg["lr"]), weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total_steps))
     ema = EMA(model, decay=float(tcfg.get("ema_decay", 0.999)))
-    amp = bool(tcfg.get("amp", True))
+    autocast = bf16_autocast(device, bool(tcfg.get("amp", True)))
     physics = PhysicsLoss(config["loss"], info["levels"], torch.from_numpy(stats[0]), torch.from_numpy(stats[1])).to(device)
 
     ckpt_path = Path(f"{out_path}.ckpt")
@@ -128,7 +128,7 @@ def _train(stage, train_path, val_path, out_path, logdir, config, deterministic_
             if step >= total_steps:
                 break
             batch = to_device(batch, device)
-            with bf16_autocast(device, amp):
+            with autocast:
                 loss, terms = _stage_loss(stage, ddp, deterministic, physics, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
