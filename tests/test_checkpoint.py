@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from geodiff.train.checkpoint import (
+from geodiff.checkpoint import (
     CheckpointError,
     UnsafeCheckpointError,
     check_data_only,
@@ -189,7 +189,7 @@ def test_sigkill_during_write_keeps_previous(tmp_path: Path) -> None:
             "-c",
             textwrap.dedent(f"""
                 import torch
-                from geodiff.train.checkpoint import save_checkpoint
+                from geodiff.checkpoint import save_checkpoint
                 state = {{"blocks": [torch.full((2**18,), float(i)) for i in range(600)], "step": 2}}
                 print("writing", flush=True)
                 save_checkpoint({str(path)!r}, state)

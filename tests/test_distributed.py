@@ -22,8 +22,8 @@ from geodiff.train.distributed import (
     is_main,
     parse_launch_env,
     port_from_job_id,
-    resolve_device,
 )
+from geodiff.device import resolve_device
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")

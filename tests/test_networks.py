@@ -6,7 +6,7 @@ import torch
 
 from geodiff.model.edm import sample_ensemble
 from geodiff.model.networks import ResidualModel, residual_scale
-from geodiff.train.distributed import bf16_autocast
+from geodiff.device import bf16_autocast
 
 
 class OffsetModel(torch.nn.Module):

@@ -32,3 +32,6 @@ CF_ATTRS = {
     LON: {"units": "degrees_east", "standard_name": "longitude", "long_name": "Longitude", "axis": "X"},
 }
 """CF attributes of canonical variables and coordinates."""
+
+HPA_TO_PA = 100.0
+"""Pascal per hectopascal."""

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from geodiff.data.loader import StoreDataset
 from geodiff.evaluate.fields import read_field, store_coords, write_prediction
 from geodiff.model.networks import load_model
-from geodiff.train.distributed import resolve_device
+from geodiff.device import resolve_device
 
 log = logging.getLogger(__name__)
 

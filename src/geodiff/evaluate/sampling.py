@@ -15,7 +15,7 @@ from geodiff.evaluate.fields import store_coords, write_prediction
 from geodiff.evaluate.metrics import MEMBER
 from geodiff.model.edm import sample_ensemble
 from geodiff.model.networks import load_model
-from geodiff.train.distributed import bf16_autocast, resolve_device
+from geodiff.device import bf16_autocast, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from torch import nn
 from geodiff.constants import STATICS
 from geodiff.model.edm import EDMPrecond
 from geodiff.model.unet import UNet3D
-from geodiff.train.checkpoint import load_checkpoint
+from geodiff.checkpoint import load_checkpoint
 
 
 def broadcast_static(static: torch.Tensor, n_levels: int) -> torch.Tensor:

@@ -24,8 +24,9 @@ from geodiff.data.loader import StoreDataset, store_info
 from geodiff.model.edm import EMA, edm_loss
 from geodiff.model.losses import PhysicsLoss
 from geodiff.model.networks import build_model, load_model, residual_scale
-from geodiff.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from geodiff.train.distributed import DistContext, bf16_autocast, cleanup, init_distributed, is_main
+from geodiff.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from geodiff.device import bf16_autocast
+from geodiff.train.distributed import DistContext, cleanup, init_distributed, is_main
 
 log = logging.getLogger(__name__)
 
