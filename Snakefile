@@ -2,13 +2,17 @@
 # See README.md; every key is described in workflow/schemas/config.schema.yaml.
 from snakemake.utils import min_version, validate
 
+from geodiff.workflow import check_config, check_keys
+
 min_version("8.0")
 
 
 configfile: "config/config.yaml"
 
 
+check_keys(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
+check_config(config)
 
 
 include: "workflow/rules/common.smk"

@@ -25,19 +25,22 @@ from geodiff.data.store import build_store
 from geodiff.data.synthetic import synthetic_month, synthetic_statics
 from geodiff.model.losses import PhysicsLoss
 from geodiff.model.networks import build_model
+from geodiff.provenance import provenance_attrs
+from geodiff.train.config import TrainConfig
 
 
 def make_store(config: dict, folder: Path) -> str:
+    attrs = provenance_attrs("bench", "bench")
     synthetic_statics(config).to_netcdf(folder / "statics.nc")
     synthetic_month(config, 2001, 1).to_netcdf(folder / "raw.nc")
     weights = {}
     for method in ("conservative", "bicubic", "bilinear"):
-        make_regridder(config["grid"], method).save(folder / f"{method}.nc")
+        make_regridder(config["grid"], method).save(folder / f"{method}.nc", attrs)
         weights[method] = str(folder / f"{method}.nc")
-    write_lowres(str(folder / "raw.nc"), weights, str(folder / "low.nc"))
+    write_lowres(str(folder / "raw.nc"), weights, str(folder / "low.nc"), attrs)
     out = str(folder / "store.h5")
     build_store(out, [str(folder / "raw.nc")], [str(folder / "low.nc")], str(folder / "statics.nc"),
-                {"start": "2001-01-01", "end": "2001-01-31"}, config["priors"]["names"], "bicubic", "bench", 4)
+                {"start": "2001-01-01", "end": "2001-01-31"}, config["priors"]["names"], "bicubic", 4, attrs)
     return out
 
 
@@ -54,8 +57,9 @@ def loader_rate(store: str, priors: list[str], batch_size: int, batches: int) ->
 
 def training_rate(store: str, config: dict, batch_size: int, steps: int) -> float:
     dataset = StoreDataset(store, config["priors"]["names"])
-    model = build_model("deterministic", config, len(config["levels"]), len(config["priors"]["names"]))
-    physics = PhysicsLoss(config["loss"], config["levels"], torch.from_numpy(dataset.t_mean.ravel()), torch.from_numpy(dataset.t_std.ravel()))
+    cfg = TrainConfig.from_config(config)
+    model = build_model("deterministic", len(config["levels"]), len(cfg.prior_names), cfg.width, cfg.depth)
+    physics = PhysicsLoss(cfg.loss_weights, cfg.charbonnier_eps, config["levels"], torch.from_numpy(dataset.t_mean.ravel()), torch.from_numpy(dataset.t_std.ravel()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = next(iter(DataLoader(dataset, batch_size=batch_size)))
     for step in range(steps + 2):  # two warm-up steps

@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from geodiff.evaluate import metrics
-from geodiff.evaluate.fields import read_field
+from geodiff.data.store import read_field
 from geodiff.evaluate.sampling import ensemble_prediction
 
 STEPS = (8, 18, 32, 64)
-SPACES = {"scaled": "GeoDiff", "edm": "EDM"}
-"""Sampler spaces (see geodiff.model.edm.edm_sampler) and the names printed for them."""
+NAMES = {"scaled": "GeoDiff", "edm": "EDM"}
+"""Samplers (geodiff.model.edm.SAMPLERS: scaled_sampler, edm_sampler) and the names printed for them."""
 
 
 def main() -> None:
@@ -37,16 +37,16 @@ def main() -> None:
     store = str(res / "priors/test.h5")
     truth = read_field(store, "hr/t").isel(time=slice(0, args.samples))
     rows = []
-    for space in SPACES:
+    for sampler in NAMES:
         for steps in STEPS:
             start = time.perf_counter()
             ens = ensemble_prediction(store, str(res / "models/deterministic.pt"), str(res / "models/residual.pt"),
-                                      args.members, steps=steps, seed=0, limit=args.samples, space=space)
+                                      args.members, steps=steps, seed=0, limit=args.samples, sampler=sampler)
             seconds = time.perf_counter() - start
             rmse = float(metrics.rmse(ens.mean("member"), truth, truth.dims))
             crps = float(metrics.crps_fair(ens, truth, truth.dims))
             ratio = float(metrics.spread_skill_ratio(ens, truth, truth.dims))
-            rows.append((SPACES[space], steps, rmse, crps, ratio, 1000 * seconds / (args.members * args.samples)))
+            rows.append((NAMES[sampler], steps, rmse, crps, ratio, 1000 * seconds / (args.members * args.samples)))
     base = rows[STEPS.index(18)][-1]
     print(f"{torch.get_num_threads()} threads, {args.members} members, {args.samples} test times")
     print(f"{'sampler':>8} {'steps':>5} {'RMSE(mean) K':>13} {'CRPS K':>8} {'spread/skill':>13} {'ms/member/sample':>17} {'vs GeoDiff 18':>14}")

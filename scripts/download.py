@@ -1,14 +1,17 @@
 """Rule `download`: one month of canonical temperature/geopotential on pressure levels."""
 
-import json
-
 from geodiff.data.sources import download_month
 from geodiff.logs import setup_logging
+from geodiff.provenance import provenance_attrs
+from geodiff.stand_in import stand_in
 
-setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected by the workflow)
+if "snakemake" not in globals():  # run by hand: python scripts/download.py --help
+    snakemake = stand_in(__doc__)
+setup_logging(snakemake.log[0])
 download_month(
-    json.loads(snakemake.params.config),  # noqa: F821
-    int(snakemake.wildcards.year),  # noqa: F821
-    int(snakemake.wildcards.month),  # noqa: F821
-    snakemake.output[0],  # noqa: F821
+    snakemake.params.config,
+    int(snakemake.wildcards.year),
+    int(snakemake.wildcards.month),
+    snakemake.output[0],
+    attrs=provenance_attrs(snakemake.params.config_hash, snakemake.params.run_name),
 )

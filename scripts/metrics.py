@@ -2,13 +2,16 @@
 
 from geodiff.evaluate.tables import write_tables
 from geodiff.logs import setup_logging
+from geodiff.stand_in import stand_in
 
-setup_logging(snakemake.log[0])  # noqa: F821
+if "snakemake" not in globals():  # run by hand: python scripts/metrics.py --help
+    snakemake = stand_in(__doc__)
+setup_logging(snakemake.log[0])
 write_tables(
-    store_path=snakemake.input.store,  # noqa: F821
-    ensemble_path=snakemake.input.ensemble,  # noqa: F821
-    baseline_paths=snakemake.input.baselines,  # noqa: F821
-    metrics_path=snakemake.output.metrics,  # noqa: F821
-    by_level_path=snakemake.output.by_level,  # noqa: F821
-    figures_dir=snakemake.output.figures,  # noqa: F821
+    store_path=snakemake.input.store,
+    ensemble_path=snakemake.input.ensemble,
+    baseline_paths=snakemake.input.baselines,
+    metrics_path=snakemake.output.metrics,
+    by_level_path=snakemake.output.by_level,
+    figures_dir=snakemake.output.figures,
 )

@@ -2,7 +2,12 @@
 
 from geodiff.data.lowres import make_regridder
 from geodiff.logs import setup_logging
+from geodiff.provenance import provenance_attrs
+from geodiff.stand_in import stand_in
 
-setup_logging(snakemake.log[0])  # noqa: F821
-regridder = make_regridder(snakemake.params.grid, snakemake.wildcards.method, snakemake.params.backend)  # noqa: F821
-regridder.save(snakemake.output[0])  # noqa: F821
+if "snakemake" not in globals():  # run by hand: python scripts/regrid_weights.py --help
+    snakemake = stand_in(__doc__)
+setup_logging(snakemake.log[0])
+make_regridder(snakemake.params.grid, snakemake.wildcards.method, snakemake.params.backend).save(
+    snakemake.output[0], attrs=provenance_attrs(snakemake.params.config_hash, snakemake.params.run_name)
+)

@@ -2,16 +2,22 @@
 
 from geodiff.evaluate.sampling import write_ensemble
 from geodiff.logs import setup_logging
+from geodiff.provenance import provenance_attrs
+from geodiff.stand_in import stand_in
 
-setup_logging(snakemake.log[0])  # noqa: F821
+if "snakemake" not in globals():  # run by hand: python scripts/sample.py --help
+    snakemake = stand_in(__doc__)
+setup_logging(snakemake.log[0])
 write_ensemble(
-    store_path=snakemake.input.store,  # noqa: F821
-    deterministic_path=snakemake.input.deterministic,  # noqa: F821
-    residual_path=snakemake.input.residual,  # noqa: F821
-    out_path=snakemake.output[0],  # noqa: F821
-    members=snakemake.params.members,  # noqa: F821
-    steps=snakemake.params.steps,  # noqa: F821
-    s_churn=snakemake.params.s_churn,  # noqa: F821
-    seed=snakemake.params.seed,  # noqa: F821
-    device=snakemake.params.device,  # noqa: F821
+    store_path=snakemake.input.store,
+    deterministic_path=snakemake.input.deterministic,
+    residual_path=snakemake.input.residual,
+    out_path=snakemake.output[0],
+    members=snakemake.params.members,
+    sampler=snakemake.params.sampler,
+    steps=snakemake.params.steps,
+    s_churn=snakemake.params.s_churn,
+    seed=snakemake.params.seed,
+    device=snakemake.resources.get("device", "auto"),
+    attrs=provenance_attrs(snakemake.params.config_hash, snakemake.params.run_name),
 )

@@ -1,9 +1,15 @@
 """Rule `statics`: orography and land-sea mask on the fine grid."""
 
-import json
-
 from geodiff.data.sources import download_statics
 from geodiff.logs import setup_logging
+from geodiff.provenance import provenance_attrs
+from geodiff.stand_in import stand_in
 
-setup_logging(snakemake.log[0])  # noqa: F821
-download_statics(json.loads(snakemake.params.config), snakemake.output[0])  # noqa: F821
+if "snakemake" not in globals():  # run by hand: python scripts/statics.py --help
+    snakemake = stand_in(__doc__)
+setup_logging(snakemake.log[0])
+download_statics(
+    snakemake.params.config,
+    snakemake.output[0],
+    attrs=provenance_attrs(snakemake.params.config_hash, snakemake.params.run_name),
+)

@@ -17,7 +17,8 @@ what it received, and can misbehave: answer HTTP 500 to the first `fail_first`
 submissions, or cut the first `cut_transfers` downloads half-way.
 
 `build_month_grib` makes the file to serve: a whole month of real ERA5 GRIB
-messages, cloned from a sample file with ecCodes and re-dated.
+messages, cloned from a sample file with ecCodes and re-dated; `SAMPLE_GRID` is
+a fine grid on that sample's points.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 MIME = {".grib": "application/x-grib", ".nc": "application/netcdf"}
+SAMPLE_GRID = {"resolution": 3.0, "lat": [28.5, 64.5], "lon": [-10.5, 25.5]}
+"""A fine grid (``grid.hr``) on the 3-degree ERA5 sample's points: 12 x 12 cells, centres 30..63 N, -9..24 E."""
 
 
 def build_month_grib(sample: Path, target: Path, year: int, month: int, hours: list[int], member: int = 0) -> Path:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -22,3 +24,43 @@ def slurm_cluster() -> ClusterInfo:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"local SLURM cluster unavailable under CI=true: {err}")
         pytest.skip(f"local SLURM cluster unavailable: {err}")
+
+
+@pytest.fixture(scope="session")
+def make_config() -> Callable[..., dict[str, Any]]:
+    """The builder of the small config dicts of the data tests; keywords override its defaults.
+
+    ``make_config(source, month=..., hours=..., grid=..., levels=..., scale_factor=..., **data)``
+    gives one month (``data.period``) of `source` at `hours` (UTC) without NaNs allowed, on
+    the fine grid `grid` (``grid.hr``: resolution and lat/lon box edges in degrees) coarsened
+    by `scale_factor`, at `levels` (hPa); further keywords (``local``, ``cds``, ``arco``,
+    ``allow_nans``) go into ``data``. The default grid is 4 x 4 one-degree cells (centres
+    41..44 N, -2..1 E), the default levels 1000, 850 and 500 hPa.
+    """
+
+    def build(
+        source: str = "synthetic",
+        *,
+        month: str = "2021-02",
+        hours: tuple[int, ...] = (0, 12),
+        grid: dict[str, Any] | None = None,
+        levels: tuple[float, ...] = (1000, 850, 500),
+        scale_factor: int = 2,
+        **data: Any,
+    ) -> dict[str, Any]:
+        hr = grid or {"resolution": 1.0, "lat": [40.5, 44.5], "lon": [-2.5, 1.5]}
+        hr = {key: list(value) if isinstance(value, (list, tuple)) else value for key, value in hr.items()}
+        return {
+            "seed": 1,
+            "data": {
+                "source": source,
+                "period": {"start": month, "end": month},
+                "hours": list(hours),
+                "allow_nans": False,
+                **data,
+            },
+            "grid": {"hr": hr, "scale_factor": scale_factor},
+            "levels": list(levels),
+        }
+
+    return build

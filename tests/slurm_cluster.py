@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,9 @@ CLUSTER_NAME = "geodiff"
 CTLD_PORT = 6817
 FIRST_SLURMD_PORT = 6830
 CPUS_PER_NODE = 2
+#: seconds without an answer from a slurmd before its node is DOWN: short, so a node-failure
+#: test waits little, yet far above the few seconds a busy 2-core machine may delay a ping
+SLURMD_TIMEOUT_S = 20
 
 REQUIRED_BINARIES = (
     "munged",
@@ -152,7 +156,8 @@ def render_conf(n_nodes: int, hostname: str | None = None) -> str:
         "InactiveLimit=0",
         "KillWait=5",
         "SlurmctldTimeout=60",
-        "SlurmdTimeout=120",
+        # a node whose slurmd stops answering is DOWN (its jobs NODE_FAIL) after SLURMD_TIMEOUT_S
+        f"SlurmdTimeout={SLURMD_TIMEOUT_S}",
         "MessageTimeout=20",
         "SlurmctldDebug=info",
         "SlurmdDebug=info",
@@ -262,7 +267,8 @@ def stop_cluster() -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _wait_healthy(nodes: tuple[str, ...], timeout: float) -> None:
+def wait_healthy(nodes: tuple[str, ...], timeout: float) -> None:
+    """Wait until every node in ``nodes`` can run jobs, resuming those that are down or drained."""
     deadline = time.monotonic() + timeout
     resumed = False
     states: dict[str, str] = {}
@@ -314,9 +320,84 @@ def ensure_cluster(n_nodes: int = 2, timeout: float = 60.0) -> ClusterInfo:
     _run([_which("slurmctld"), "-c"], timeout=30)
     for name in nodes:
         _run([_which("slurmd"), "-N", name], timeout=30)
-    _wait_healthy(nodes, timeout)
+    wait_healthy(nodes, timeout)
     log.info("SLURM cluster up: %s", node_states())
     return info
+
+
+def job_processes(job_id: str) -> list[int]:
+    """Process ids of SLURM job ``job_id`` on this machine: its ``slurmstepd`` and all they started."""
+    children: dict[int, list[int]] = {}
+    roots = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name in (...) may hold spaces
+        children.setdefault(ppid, []).append(int(entry.name))
+        if cmdline.startswith(f"slurmstepd: [{job_id}.".encode()):
+            roots.append(int(entry.name))
+    found = []
+    while roots:
+        pid = roots.pop()
+        found.append(pid)
+        roots.extend(children.get(pid, []))
+    return found
+
+
+def fail_node(node: str, job_id: str) -> list[int]:
+    """A node failure, as far as one machine can stage it: ``node``'s slurmd and every process of
+    ``job_id`` (running there) die at once, by SIGKILL. The controller sees it after SlurmdTimeout.
+
+    Returns the process ids killed.
+    """
+    slurmd = _pid_alive(RUN_DIR / f"slurmd-{node}.pid")
+    if slurmd is None:
+        raise SlurmStartError(f"slurmd of {node} is not running")
+    pids = [slurmd, *job_processes(job_id)]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    log.info("failed node %s: killed slurmd and job %s (pids %s)", node, job_id, pids)
+    return pids
+
+
+def start_node(node: str) -> None:
+    """Start ``node``'s slurmd unless it runs (a node back from a failure returns to service)."""
+    if _pid_alive(RUN_DIR / f"slurmd-{node}.pid") is None:
+        _run([_which("slurmd"), "-N", node], timeout=30)
+
+
+def clean_env() -> dict[str, str]:
+    """This environment minus launcher variables, with this Python's programs first on PATH.
+
+    Jobs inherit it (sbatch --export=ALL), so they find this Python, geodiff and snakemake.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "OMPI_", "PMI_", "PMIX_"))
+        and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+#: Snakemake options for this cluster, which answers at once: poll it often (the profile's
+#: defaults suit real clusters).
+FAST_POLLING = [
+    "--slurm-init-seconds-before-status-checks", "1",
+    "--seconds-between-status-checks", "2",
+    "--latency-wait", "5",
+]  # fmt: skip
+#: ... and, in tests of what should not fail, no resubmission of a failed job
+NO_RETRIES = ["--retries", "0"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,6 +126,20 @@ def test_pickled_object_is_refused(tmp_path: Path) -> None:
         load_checkpoint(plain)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_refusal_does_not_advise_loading_the_file_anyway(tmp_path: Path) -> None:
+    """torch's refusal suggests `weights_only=False`, i.e. running the payload: ours must not, nor chain it."""
+    path = tmp_path / "hostile.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "payload": Payload()}, path)
+    with pytest.raises(UnsafeCheckpointError) as excinfo:
+        load_checkpoint(path)
+    message = str(excinfo.value)
+    assert str(path) in message and "refused" in message
+    assert "posix.system" in message  # what was refused
+    assert "weights_only=False" not in message and "weights_only" not in message
+    assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__  # no chained torch advice
+
+
 def test_non_data_refused_before_writing(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.pt"
     with pytest.raises(TypeError, match=r"state\['extra'\]\[0\].*Payload"):

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from geodiff.model.edm import EMA, EDMPrecond, edm_loss, edm_sampler, edm_time_steps, sample_ensemble
+from geodiff.model.edm import SAMPLERS, EMA, EDMPrecond, edm_loss, edm_sampler, edm_time_steps, sample_ensemble, scaled_sampler
 from geodiff.model.unet import UNet3D
 
 
@@ -124,7 +124,7 @@ class ExactGaussianDenoiser(torch.nn.Module):
 
 
 def heun_variance_ratio(s: float, num_steps: int, sigma_min=0.002, sigma_max=80.0, rho=7.0) -> float:
-    """Var(x_0)/s² of EDM's own Heun sampler (``space="edm"``) for N(μ, s²), in closed form.
+    """Var(x_0)/s² of EDM's own Heun sampler (:func:`edm_sampler`) for N(μ, s²), in closed form.
 
     With the exact denoiser the ODE is linear, dx/dt = a(t)(x − μ), a(t) = t/(s² + t²); an Euler
     step multiplies x − μ by 1 + h a(t_i), a Heun step by 1 + h[a(t_i) + a(t_{i+1})(1 + h a(t_i))]/2,
@@ -160,21 +160,21 @@ def test_sampler_reproduces_a_gaussian_in_18_steps(s):
     The mean is exactly μ (1 − √Var/σmax) in expectation, since x starts from N(0, σmax²)
     rather than N(μ, σmax² + s²); that 1/80 shift is inside the 2 %."""
     mu = 1.5
-    x = edm_sampler(ExactGaussianDenoiser(s, sigma_data=1.0), torch.full((N_SAMPLES, 1, 1, 1, 1), mu), num_steps=18,
-                    generator=torch.Generator().manual_seed(0))
+    x = scaled_sampler(ExactGaussianDenoiser(s, sigma_data=1.0), torch.full((N_SAMPLES, 1, 1, 1, 1), mu), num_steps=18,
+                       generator=torch.Generator().manual_seed(0))
     assert x.shape == (N_SAMPLES, 1, 1, 1, 1)
     assert float(x.mean()) == pytest.approx(mu, rel=0.02)
     assert float(x.var()) == pytest.approx(s**2, rel=0.02)
 
 
-def test_edm_space_sampler_follows_its_closed_form():
+def test_edm_sampler_follows_its_closed_form():
     """EDM's own Heun steps (x against t) match their closed-form variance, 9.8 % above s² in 18 steps.
 
     That excess is the step size on EDM's schedule (σ ∈ [0.002, 80], ρ = 7), which is why the
     default sampler steps in the scaled variables instead; it shrinks to 2.7 % at 32 steps."""
     mu, s = 1.5, 0.8
     x = edm_sampler(ExactGaussianDenoiser(s), torch.full((N_SAMPLES, 1, 1, 1, 1), mu), num_steps=18,
-                    generator=torch.Generator().manual_seed(0), space="edm")
+                    generator=torch.Generator().manual_seed(0))
     ratio = heun_variance_ratio(s, 18)
     assert ratio == pytest.approx(1.0981, abs=1e-3)
     assert heun_variance_ratio(s, 32) == pytest.approx(1.027, abs=1e-3)
@@ -183,25 +183,26 @@ def test_edm_space_sampler_follows_its_closed_form():
     assert float(x.var()) == pytest.approx(ratio * s**2, rel=0.02)
 
 
-@pytest.mark.parametrize(("space", "num_steps", "churn"), [("edm", 64, 0.0), ("edm", 128, 10.0), ("scaled", 64, 10.0)])
-def test_sampler_converges_to_the_gaussian(space, num_steps, churn):
+@pytest.mark.parametrize(("sampler", "num_steps", "churn"), [("edm", 64, 0.0), ("edm", 128, 10.0), ("scaled", 64, 10.0)])
+def test_sampler_converges_to_the_gaussian(sampler, num_steps, churn):
     """With finer steps the deterministic and the stochastic (S_churn > 0) sampler reproduce μ and s² within 2 %."""
     mu, s = 1.5, 0.8
-    x = edm_sampler(ExactGaussianDenoiser(s, sigma_data=1.0), torch.full((N_SAMPLES, 1, 1, 1, 1), mu),
-                    num_steps=num_steps, S_churn=churn, generator=torch.Generator().manual_seed(1), space=space)
+    x = SAMPLERS[sampler](ExactGaussianDenoiser(s, sigma_data=1.0), torch.full((N_SAMPLES, 1, 1, 1, 1), mu),
+                          num_steps=num_steps, S_churn=churn, generator=torch.Generator().manual_seed(1))
     assert float(x.mean()) == pytest.approx(mu, rel=0.02)
     assert float(x.var()) == pytest.approx(s**2, rel=0.02)
 
 
-def test_sampler_rejects_an_unknown_space():
-    with pytest.raises(ValueError, match="space"):
-        edm_sampler(ExactGaussianDenoiser(0.5), torch.zeros(2, 1, 1, 1, 1), num_steps=4, space="vp")
+def test_ensemble_rejects_an_unknown_sampler():
+    with pytest.raises(ValueError, match="unknown sampler 'vp'"):
+        sample_ensemble(ExactGaussianDenoiser(0.5), torch.zeros(2, 1, 1, 1, 1), None, members=2, sampler="vp")
 
 
-def test_sampler_is_reproducible_with_a_generator():
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_sampler_is_reproducible_with_a_generator(sampler):
     D, cond = ExactGaussianDenoiser(0.5), torch.zeros(4, 1, 2, 3, 3)
-    a = edm_sampler(D, cond, num_steps=5, S_churn=1.0, generator=torch.Generator().manual_seed(3))
-    b = edm_sampler(D, cond, num_steps=5, S_churn=1.0, generator=torch.Generator().manual_seed(3))
+    a = SAMPLERS[sampler](D, cond, num_steps=5, S_churn=1.0, generator=torch.Generator().manual_seed(3))
+    b = SAMPLERS[sampler](D, cond, num_steps=5, S_churn=1.0, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and a.shape == (4, 1, 2, 3, 3) and a.dtype == torch.float32
 
 

@@ -12,8 +12,7 @@ from geodiff.physics.thermo import hypsometric_height
 
 LEVELS = torch.tensor([1000.0, 925.0, 850.0, 700.0, 500.0, 300.0, 200.0], dtype=torch.float64)
 PROFILE = torch.tensor([288.0, 284.0, 280.0, 270.0, 252.0, 229.0, 218.0], dtype=torch.float64)
-CFG = {"charbonnier": {"weight": 1.0, "eps": 0.01}, "stability": {"weight": 0.1},
-       "gradient": {"weight": 0.1}, "coupling": {"weight": 0.05}}
+WEIGHTS = {"charbonnier": 1.0, "stability": 0.1, "gradient": 0.1, "coupling": 0.05}
 
 
 def columns(batch: int = 2, h: int = 5, w: int = 6, noise: float = 0.5, seed: int = 0) -> torch.Tensor:
@@ -99,7 +98,7 @@ def normalised(t_k: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torc
 
 def test_physics_loss_denormalises_and_weights_the_terms():
     mean, std = PROFILE.clone(), torch.linspace(6.0, 3.0, LEVELS.numel(), dtype=torch.float64)
-    loss = PhysicsLoss(CFG, LEVELS.numpy(), mean.float(), std.float())
+    loss = PhysicsLoss(WEIGHTS, 0.01, LEVELS.numpy(), mean.float(), std.float())
     t_true, t_pred = columns(seed=3), columns(seed=4)
     z = (G * hypsometric_height(t_true, LEVELS, z_bottom=50.0)).float()
     x_true, x_pred = normalised(t_true, mean, std), normalised(t_pred, mean, std)
@@ -116,8 +115,7 @@ def test_physics_loss_denormalises_and_weights_the_terms():
     }
     for name, value in reference.items():
         torch.testing.assert_close(terms[name], value.float(), rtol=1e-6, atol=0)
-    weights = {name: CFG[name]["weight"] for name in CFG}
-    torch.testing.assert_close(total, sum(weights[n] * terms[n] for n in terms))
+    torch.testing.assert_close(total, sum(WEIGHTS[n] * terms[n] for n in terms))
 
     zero, zero_terms = loss(x_true, x_true, z)
     assert float(zero) == pytest.approx(0.0, abs=1e-5)  # z is float32: the coupling term is 0 up to rounding
@@ -126,16 +124,59 @@ def test_physics_loss_denormalises_and_weights_the_terms():
 
 def test_physics_loss_skips_terms_and_gradients_point_downhill():
     mean, std = PROFILE.float(), torch.full((LEVELS.numel(),), 5.0)
-    cfg = {**CFG, "gradient": {"weight": 0.0}, "stability": {"weight": 0.5, "eps": 0.1}}
-    loss = PhysicsLoss(cfg, LEVELS, mean, std)
+    loss = PhysicsLoss({**WEIGHTS, "gradient": 0.0, "stability": 0.5}, 0.1, LEVELS, mean, std)
     x_true = normalised(columns(seed=5), PROFILE, std.double())
     x_pred = (x_true + 0.3 * torch.randn_like(x_true)).requires_grad_(True)
     total, terms = loss(x_pred, x_true)  # no z: coupling skipped; gradient has weight 0
     assert set(terms) == {"charbonnier", "stability"}
-    assert loss.eps["stability"] == 0.1 and loss.eps["gradient"] == 0.01
+    reference = charbonnier(x_pred, x_true, 0.1) + 0.5 * stability_loss(loss.denormalise(x_pred), loss.denormalise(x_true), LEVELS, 0.1)
+    torch.testing.assert_close(total, reference.float())
     assert total.dtype == torch.float32
     total.backward()
     stepped = x_pred.detach() - 1e-3 * x_pred.grad / x_pred.grad.abs().max()
     assert float(loss(stepped, x_true)[0]) < float(total)
     with pytest.raises(ValueError, match="unknown loss terms"):
-        PhysicsLoss({"tv": {"weight": 1.0}}, LEVELS, mean, std)
+        PhysicsLoss({"tv": 1.0}, 0.01, LEVELS, mean, std)
+
+
+def test_masked_terms_average_over_the_present_truth_only():
+    """Missing truth (mask 0) holds garbage: each term equals its numpy value over the present points
+    (complete columns for σ and thickness, differences with both ends present), and the gradient is
+    finite everywhere and 0 where only missing truth is involved."""
+    mean, std = PROFILE.float(), torch.full((LEVELS.numel(),), 5.0)
+    loss = PhysicsLoss(WEIGHTS, 0.01, LEVELS, mean, std)
+    t_true, t_pred = columns(seed=6), columns(seed=7)
+    z = (G * hypsometric_height(t_true, LEVELS, z_bottom=50.0)).float()
+    mask = torch.ones_like(t_true)
+    mask[0, 2, 1, 3] = 0.0  # one missing value: its column and its neighbours' differences drop out
+    mask[1, :, 4, :] = 0.0  # a missing row of the second sample
+    garbage = torch.where(mask > 0, t_true, torch.full_like(t_true, 1.0e4))
+    x_true, x_pred = normalised(garbage, PROFILE, std.double()), normalised(t_pred, PROFILE, std.double())
+    x_pred.requires_grad_(True)
+    total, terms = loss(x_pred, x_true, torch.where(mask > 0, z, torch.zeros_like(z)), mask)
+
+    m, eps = mask.numpy() > 0, 0.01
+    rho = lambda e: np.sqrt(e**2 + eps**2) - eps  # noqa: E731
+    xp, xt = x_pred.detach().numpy().astype(np.float64), x_true.numpy().astype(np.float64)
+    expected = {"charbonnier": rho(xp - xt)[m].mean()}
+    lat = (m[..., 1:, :] & m[..., :-1, :])
+    lon = (m[..., 1:] & m[..., :-1])
+    expected["gradient"] = 0.5 * (rho(np.diff(xp, axis=-2) - np.diff(xt, axis=-2))[lat].mean()
+                                  + rho(np.diff(xp, axis=-1) - np.diff(xt, axis=-1))[lon].mean())
+    complete = m.all(axis=-3, keepdims=True)
+    tp, tt = t_pred.numpy(), t_true.numpy()
+    d_sigma = (stability_numpy(tp, LEVELS.numpy()) - stability_numpy(tt, LEVELS.numpy())) / 1e-6
+    expected["stability"] = rho(d_sigma)[np.broadcast_to(complete, d_sigma.shape)].mean()
+    log_p = np.log(LEVELS.numpy())
+    dz_t = R_D * 0.5 * (tp[:, 1:] + tp[:, :-1]) / G * (log_p[:-1] - log_p[1:])[:, None, None]
+    dz_z = np.diff(z.double().numpy(), axis=-3) / G
+    expected["coupling"] = rho((dz_t - dz_z) / 10.0)[np.broadcast_to(complete, dz_t.shape)].mean()
+    for name, value in expected.items():
+        assert float(terms[name]) == pytest.approx(value, rel=2e-4), name
+    total.backward()
+    assert bool(torch.isfinite(x_pred.grad).all())
+    assert float(x_pred.grad[1, :, 4, :].abs().max()) == 0.0  # a row missing at every level feeds no term
+    only_charbonnier = PhysicsLoss({"charbonnier": 1.0}, 0.01, LEVELS, mean, std)
+    x = x_pred.detach().clone().requires_grad_(True)
+    only_charbonnier(x, x_true, mask=mask)[0].backward()
+    assert float(x.grad[mask == 0].abs().max()) == 0.0 and float(x.grad[mask > 0].abs().min()) > 0

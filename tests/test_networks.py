@@ -37,6 +37,23 @@ def test_residual_scale_is_the_rms_per_level():
     torch.testing.assert_close(s, rms, rtol=0.05, atol=0)
 
 
+def test_residual_scale_ignores_missing_truth():
+    """Where hr_mask is 0 the truth holds a placeholder (here 1000): the scale is the RMS of the present points."""
+    rms = torch.tensor([2.0, 1.0, 0.25])
+    data = batches(3, rms)
+    gen = torch.Generator().manual_seed(1)
+    sq, n = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for batch in data:
+        mask = (torch.rand(batch["hr"].shape, generator=gen) > 0.3).float()
+        r = (batch["hr"] - batch["lr_up"]).double()
+        sq += (r**2 * mask).sum(dim=(0, 1, 3, 4))
+        n += mask.sum(dim=(0, 1, 3, 4))
+        batch["hr"] = torch.where(mask > 0, batch["hr"], torch.full_like(batch["hr"], 1000.0))
+        batch["hr_mask"] = mask
+    s = residual_scale(OffsetModel(torch.zeros(())), data, "cpu")
+    torch.testing.assert_close(s.double(), (sq / n).sqrt(), rtol=1e-5, atol=0)
+
+
 def test_scale_round_trip_and_unit_variance():
     model = ResidualModel(n_levels=3, n_priors=0, width=8, depth=1)
     model.r_scale.copy_(torch.tensor([2.0, 1.0, 0.25]))

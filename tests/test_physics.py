@@ -1,4 +1,4 @@
-"""Vertical physics: thermo formulas (numpy and torch) against MetPy, physical limits, priors.
+"""Vertical physics: thermo formulas (numpy and torch) against MetPy, closed forms, autograd.
 
 MetPy's constants differ from GeoDiff's (DESIGN.md section 5): MetPy has
 R_d = 287.04749 J kg-1 K-1 and c_p = 3.5 R_d, GeoDiff R_d = 287.04, c_p = 1004.64.
@@ -10,7 +10,6 @@ R_d(GeoDiff)/R_d(MetPy) before comparing (`_metpy_reference`).
 from __future__ import annotations
 
 import os
-import time
 import warnings
 from pathlib import Path
 
@@ -20,8 +19,6 @@ import torch
 
 from geodiff.constants import C_P, G, KAPPA, P0_HPA, R_D
 from geodiff.physics import thermo
-from geodiff.physics.priors import PRIORS, compute_priors
-from test_priors import _assert_close, _reference
 
 with warnings.catch_warnings():  # metpy imports pyproj, which may warn about its PROJ database
     warnings.simplefilter("ignore")
@@ -119,16 +116,11 @@ def test_numpy_and_torch_forms_agree() -> None:
     tt, pt, zbt = torch.from_numpy(t), torch.from_numpy(LEVELS), torch.from_numpy(zb)
     z = thermo.hypsometric_height(t, LEVELS, z_bottom=zb)
     zt = thermo.hypsometric_height(tt, pt, z_bottom=zbt)
-    geopotential = G * z
     pairs = {
         "theta": (thermo.potential_temperature(t, LEVELS), thermo.potential_temperature(tt, pt)),
         "theta, p as numpy": (thermo.potential_temperature(t, LEVELS), thermo.potential_temperature(tt, LEVELS)),
         "height": (z, zt),
         "thickness": (thermo.layer_thickness(t, LEVELS), thermo.layer_thickness(tt, pt)),
-        "geopotential height": (
-            thermo.geopotential_height(geopotential),
-            thermo.geopotential_height(torch.from_numpy(geopotential)),
-        ),
         "d/dp 1-D": (thermo.vertical_derivative(t, LEVELS), thermo.vertical_derivative(tt, pt)),
         "d/dz field": (thermo.vertical_derivative(t, z), thermo.vertical_derivative(tt, zt)),
         "lapse": (thermo.lapse_rate(t, z), thermo.lapse_rate(tt, zt)),
@@ -185,9 +177,18 @@ def test_vertical_derivative_matches_metpy_first_derivative() -> None:
 
 
 def test_vertical_derivative_is_exact_for_quadratics() -> None:
+    """The three-point stencil differentiates a parabola exactly on any uneven grid, at every level."""
     x = np.array([0.0, 0.3, 1.0, 1.2, 2.9, 3.0, 5.5])
     f = 2.0 - 3.0 * x + 0.7 * x**2
-    np.testing.assert_allclose(thermo.vertical_derivative(f, x, axis=0), -3.0 + 1.4 * x, rtol=0, atol=1e-12)
+    exact = -3.0 + 1.4 * x
+    np.testing.assert_allclose(thermo.vertical_derivative(f, x, axis=0), exact, rtol=0, atol=1e-12)
+    torch_form = thermo.vertical_derivative(torch.from_numpy(f), torch.from_numpy(x), axis=0)
+    np.testing.assert_allclose(torch_form.numpy(), exact, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(thermo.vertical_derivative(f[2:5], x[2:5], axis=0), exact[2:5], rtol=0, atol=1e-12)
+    # a coordinate that varies by column ([L, 2]): each column its own parabola
+    xs = np.stack([x, 2.0 * x + 1.0], axis=1)
+    fs = 0.5 * xs**2 - xs
+    np.testing.assert_allclose(thermo.vertical_derivative(fs, xs, axis=0), xs - 1.0, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="at least 3 levels"):
         thermo.vertical_derivative(f[:2], x[:2], axis=0)
     with pytest.raises(ValueError, match="levels"):
@@ -208,10 +209,6 @@ def test_dry_adiabatic_column() -> None:
         np.testing.assert_allclose(thermo.lapse_rate(t, z), dry, rtol=0, atol=tol)
         assert np.abs(thermo.static_stability(t, levels)).max() < 1e-18  # typical σ ~ 1e-6
         assert np.abs(thermo.brunt_vaisala_frequency_squared(t, z, levels)).max() < 1e-15  # typical N² ~ 1e-4
-        priors = compute_priors(t[None].astype(np.float32), levels, ["lapse_rate", "static_stability", "n2"])
-        np.testing.assert_allclose(priors["lapse_rate"], dry, rtol=0, atol=tol + 1e-3)
-        assert np.abs(priors["static_stability"]).max() < 1e-10
-        assert np.abs(priors["n2"]).max() < 1e-8
 
 
 def test_isothermal_column() -> None:
@@ -235,7 +232,24 @@ def test_isothermal_column() -> None:
     z0 = np.array([[0.0, 100.0, -20.0], [5.0, 3000.0, 1.0]])  # e.g. orography under the lowest level
     z = thermo.hypsometric_height(t, levels, z_bottom=z0)
     np.testing.assert_allclose(z - z0, np.broadcast_to(closed[:, None, None], t.shape), rtol=1e-12, atol=1e-9)
-    np.testing.assert_allclose(compute_priors(t, levels, ["height"], z_bottom=z0)["height"], z, rtol=1e-6)
+
+
+def test_hypsometric_height_z_bottom_forms() -> None:
+    """z_bottom is a scalar or an array shaped like one level of t without the level axis; the
+    heights above it are the same."""
+    rng = np.random.default_rng(9)
+    t = _columns(rng, shape=(2, 4, 5))  # [N, L, H, W]
+    above = thermo.hypsometric_height(t, LEVELS)
+    grid = rng.uniform(0.0, 900.0, (4, 5))
+    per_time = rng.uniform(0.0, 900.0, (2, 4, 5))
+    for z_bottom, level0 in ((123.5, np.full((2, 4, 5), 123.5)), (grid, np.broadcast_to(grid, (2, 4, 5))), (per_time, per_time)):
+        z = thermo.hypsometric_height(t, LEVELS, z_bottom=z_bottom)
+        np.testing.assert_allclose(z, above + level0[:, None], rtol=1e-13)
+    # level axis elsewhere: [N, H, W, L] with z_bottom [N, H, W]
+    moved = thermo.hypsometric_height(np.moveaxis(t, 1, -1), LEVELS, axis=-1, z_bottom=per_time)
+    np.testing.assert_allclose(np.moveaxis(moved, -1, 1), above + per_time[:, None], rtol=1e-13)
+    with pytest.raises(ValueError, match="z_bottom"):
+        thermo.hypsometric_height(t, LEVELS, axis=1, z_bottom=np.zeros(5))
 
 
 def test_stable_and_unstable_columns() -> None:
@@ -261,7 +275,6 @@ def test_gfs_hypsometric_heights_follow_the_model(gfs: dict[str, np.ndarray]) ->
     assert np.abs(err).max() < 60.0
     assert -40.0 < err[:, top].mean() < 0.0
     assert np.abs(z[:, 0] - gfs["z"][:, 0]).max() == 0.0
-    np.testing.assert_allclose(thermo.geopotential_height(G * gfs["z"]), gfs["z"], rtol=1e-15)
 
 
 # --------------------------------------------------------------------------
@@ -281,71 +294,3 @@ def test_gradient_flows_through_torch_forms() -> None:
         return thermo.brunt_vaisala_frequency_squared(x, z, p), thermo.lapse_rate(x, z)
 
     assert torch.autograd.gradcheck(n2_and_lapse, (t.detach().requires_grad_(True),))
-
-
-# --------------------------------------------------------------------------
-# priors
-# --------------------------------------------------------------------------
-def test_priors_table() -> None:
-    assert set(PRIORS) == {"theta", "lapse_rate", "static_stability", "n2", "height"}
-    assert PRIORS["static_stability"][0] == "J kg-1 Pa-2" and PRIORS["lapse_rate"][0] == "K km-1"
-    assert PRIORS["n2"][0] == "s-2" and PRIORS["theta"][0] == "K" and PRIORS["height"][0] == "m"
-    assert all(isinstance(long_name, str) and long_name for _, long_name in PRIORS.values())
-
-
-def test_compute_priors_matches_thermo(monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = np.random.default_rng(6)
-    t = _columns(rng, shape=(5, 12, 10)).astype(np.float32)
-    zb = rng.uniform(0.0, 1500.0, (12, 10))
-    ref = _reference(t, LEVELS, zb)
-    out = compute_priors(t, LEVELS, list(PRIORS), z_bottom=zb)
-    assert list(out) == list(PRIORS)
-    _assert_close(out, ref, t.shape)
-    # small blocks: rows and columns split, two threads; identical numbers
-    import geodiff.physics.priors as priors_module
-
-    monkeypatch.setattr(priors_module, "_BLOCK_ELEMENTS", 8 * 37)
-    for threads in (1, 2):
-        split = compute_priors(t, LEVELS, list(PRIORS), z_bottom=zb, threads=threads)
-        for name in PRIORS:
-            np.testing.assert_array_equal(split[name], out[name], err_msg=name)
-
-
-def test_compute_priors_on_gfs(gfs: dict[str, np.ndarray]) -> None:
-    t = gfs["t"].astype(np.float32)
-    ref = _reference(t, gfs["p"], gfs["z"][:, 0])
-    _assert_close(compute_priors(t, gfs["p"], list(PRIORS), z_bottom=gfs["z"][:, 0]), ref, t.shape)
-
-
-def test_compute_priors_shapes_and_errors() -> None:
-    rng = np.random.default_rng(7)
-    t4 = _columns(rng, shape=(2, 4, 3))
-    single = compute_priors(t4[0], LEVELS, ["static_stability", "theta"])  # [L, H, W], float64 in
-    assert list(single) == ["static_stability", "theta"] and single["theta"].shape == (8, 4, 3)
-    np.testing.assert_allclose(single["theta"], thermo.potential_temperature(t4[0], LEVELS), rtol=1e-6)
-    t5 = np.stack([t4, t4 + 1.0])  # [2, 2, L, H, W]
-    five = compute_priors(t5, LEVELS, ["height"], z_bottom=np.full((2, 2, 4, 3), 10.0))
-    np.testing.assert_allclose(five["height"][1, 0], _reference(t4[0] + 1.0, LEVELS, 10.0)["height"], rtol=1e-6)
-    assert compute_priors(t4, LEVELS, []) == {}
-    # top-down level order: the same numbers, flipped (no height: z_bottom is the top then)
-    names = ["theta", "lapse_rate", "static_stability", "n2"]
-    up, down = compute_priors(t4, LEVELS, names), compute_priors(t4[:, ::-1], LEVELS[::-1], names)
-    for name in names:
-        np.testing.assert_allclose(down[name][:, ::-1], up[name], rtol=1e-5, atol=1e-6 * np.abs(up[name]).max())
-    with pytest.raises(ValueError, match="unknown priors"):
-        compute_priors(t4, LEVELS, ["vorticity"])
-    with pytest.raises(ValueError, match="levels"):
-        compute_priors(t4, LEVELS[:-1], ["theta"])
-    with pytest.raises(ValueError, match="monotonic"):
-        compute_priors(t4, np.r_[LEVELS[:3], LEVELS[2], LEVELS[4:]], ["theta"])
-    with pytest.raises(ValueError, match="L, H, W"):
-        compute_priors(t4[0, :, 0], LEVELS, ["theta"])
-
-
-def test_compute_priors_is_fast() -> None:
-    """One month of the default config (124 x 8 x 48 x 48) in well under a second."""
-    t = _columns(np.random.default_rng(8), shape=(124, 48, 48)).astype(np.float32)
-    compute_priors(t, LEVELS, list(PRIORS))
-    start = time.perf_counter()
-    compute_priors(t, LEVELS, list(PRIORS))
-    assert time.perf_counter() - start < 0.5

@@ -104,6 +104,27 @@ def test_conservative_matches_numpy_block_means(backend):
     assert np.abs(y.values - blocks.mean(axis=(3, 5))).max() > 1e-4
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_missing_value_reaches_only_the_targets_that_use_it(backend):
+    """NaN in the source: NaN in the coarse cell holding it, or at the fine points whose stencil uses it."""
+    x = field(HR, seed=4)
+    x[0, 1, 17, 30] = np.nan
+    coarse = Regridder(HR, LR, "conservative", backend)(x)
+    expected = np.zeros(coarse.shape, bool)
+    expected[0, 1, 17 // 4, 30 // 4] = True  # the 4 x 4 block holding the gap
+    np.testing.assert_array_equal(np.isnan(coarse.values), expected)
+    np.testing.assert_allclose(coarse.values[~expected], Regridder(HR, LR, "conservative", backend)(field(HR, seed=4)).values[~expected])
+    y = field(LR, seed=5)
+    y[1, 0, 6, 3] = np.nan
+    fine = Regridder(LR, HR, "bicubic", backend)(y)
+    # brute force: the fine points within 2 coarse cells (the cubic stencil) of the gap, in each direction
+    near_lat = np.abs(HR.lat - LR.lat[6]) < 2 * LR.resolution
+    near_lon = np.abs(HR.lon - LR.lon[3]) < 2 * LR.resolution
+    expected = np.zeros(fine.shape, bool)
+    expected[1, 0] = near_lat[:, None] & near_lon[None, :]
+    np.testing.assert_array_equal(np.isnan(fine.values), expected)
+
+
 def test_conservative_equals_xarray_regrid_directly():
     import xarray_regrid  # noqa: F401
 
@@ -226,7 +247,7 @@ def test_save_load_round_trip_without_recomputation(backend, method, tmp_path, m
     regridder = Regridder(source, target, method, backend)
     x = field(source, seed=7, dtype=np.float32)
     path = tmp_path / "weights" / f"weights_{method}.nc"
-    regridder.save(path)
+    regridder.save(path, {"geodiff_version": "test", "config_hash": "abc"})
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
 
     def refuse(*args, **kwargs):
@@ -235,6 +256,8 @@ def test_save_load_round_trip_without_recomputation(backend, method, tmp_path, m
     monkeypatch.setattr(regrid, "_xarray_regrid_weights", refuse)
     monkeypatch.setattr(regrid, "_cubic_convolution_weights", refuse)
     loaded = Regridder.load(path)
+    with xr.open_dataset(path) as saved:
+        assert saved.attrs["config_hash"] == "abc" and saved.attrs["regrid_method"] == method
     assert (loaded.source, loaded.target, loaded.method, loaded.backend) == (source, target, method, backend)
     assert loaded(x).identical(regridder(x))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -14,28 +13,13 @@ import pytest
 
 from ddp_worker import check_results, run_group
 from geodiff.train.distributed import expand_hostlist
-from slurm_cluster import ClusterInfo
+from slurm_cluster import FAST_POLLING, NO_RETRIES, ClusterInfo, clean_env
 
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("ddp_worker.py")
 VENV_BIN = Path(sys.executable).parent
-
-
-def clean_env() -> dict[str, str]:
-    """This environment minus launcher variables, with the venv's programs first on PATH.
-
-    Jobs inherit it (sbatch --export=ALL), so they find this Python, geodiff and snakemake.
-    """
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "OMPI_", "PMI_", "PMIX_"))
-        and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
 
 
 def test_hostlist_matches_scontrol(slurm_cluster: ClusterInfo) -> None:
@@ -118,14 +102,6 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
-#: The test cluster answers at once: poll it often (the profile's defaults suit real clusters).
-FAST_POLLING = [
-    "--slurm-init-seconds-before-status-checks", "1",
-    "--seconds-between-status-checks", "2",
-    "--latency-wait", "5",
-    "--retries", "0",
-]  # fmt: skip
-
 DDP_SNAKEFILE = """
 rule ddp:
     output:
@@ -145,7 +121,7 @@ def test_snakemake_mpi_rule_runs_ddp(slurm_cluster: ClusterInfo, tmp_path: Path)
     # what the training rules do: profiles/slurm submits the job, its shell starts the ranks with srun
     shutil.copytree(REPO / "profiles", tmp_path / "profiles")
     (tmp_path / "Snakefile").write_text(DDP_SNAKEFILE.format(python=sys.executable, worker=WORKER))
-    cmd = [str(VENV_BIN / "snakemake"), "--profile", "profiles/slurm", *FAST_POLLING]
+    cmd = [str(VENV_BIN / "snakemake"), "--profile", "profiles/slurm", *FAST_POLLING, *NO_RETRIES]
     proc = run_group(cmd, timeout=180, env=clean_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert "SLURM jobid" in proc.stdout, proc.stdout[-3000:]
@@ -165,9 +141,10 @@ def test_workflow_on_slurm(slurm_cluster: ClusterInfo, tmp_path: Path) -> None:
         "--configfile",
         "config/test.yaml",
         *FAST_POLLING,
+        *NO_RETRIES,
     ]
     proc = run_group(cmd, timeout=420, env=clean_env(), cwd=work)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert "SLURM jobid" in proc.stdout, "no job went through sbatch:\n" + proc.stdout[-3000:]
-    metrics = work / "results" / "metrics.csv"
+    metrics = work / "results" / "test" / "metrics.csv"  # results/{run_name}/
     assert metrics.is_file() and metrics.stat().st_size > 0, proc.stdout[-3000:]

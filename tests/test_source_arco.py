@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -26,20 +27,18 @@ LON = np.concatenate([np.arange(0.0, 4.01, 0.25), np.arange(356.0, 359.9, 0.25)]
 TIMES = pd.date_range("2021-01-28", "2021-03-03T23:00", freq="h")  # hourly, around February
 
 
-def config(url: str = "") -> dict:
-    """8 x 8 cells of 0.25 degree across the prime meridian (centres 46..47.75 N, -1..0.75 E)."""
-    return {
-        "seed": 1,
-        "data": {
-            "source": "arco",
-            "period": {"start": "2021-02", "end": "2021-02"},
-            "hours": [0, 12],
-            "allow_nans": False,
-            "arco": {"url": url},
-        },
-        "grid": {"hr": {"resolution": 0.25, "lat": [45.875, 47.875], "lon": [-1.125, 0.875]}, "scale_factor": 4},
-        "levels": [1000, 850, 500],
-    }
+GRID = {"resolution": 0.25, "lat": [45.875, 47.875], "lon": [-1.125, 0.875]}
+"""8 x 8 cells of 0.25 degree across the prime meridian (centres 46..47.75 N, -1..0.75 E)."""
+
+
+@pytest.fixture
+def config(make_config: Callable[..., dict]) -> Callable[..., dict]:
+    """Configs of the ARCO-ERA5 source at `url` on `GRID` coarsened by 4, 1000/850/500 hPa, 00/12 UTC, February 2021."""
+
+    def build(url: str = "") -> dict:
+        return make_config("arco", grid=GRID, scale_factor=4, arco={"url": url})
+
+    return build
 
 
 def field(seed: int, offset: float, scale: float) -> np.ndarray:
@@ -72,9 +71,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, xr.Dataset]:
     return path, ds
 
 
-def subset_chunks(year: int, month: int) -> set[str]:
-    """Keys of the temperature/geopotential chunks that hold the config's subset of `year`-`month`."""
-    cfg = config()
+def subset_chunks(cfg: dict, year: int, month: int) -> set[str]:
+    """Keys of the temperature/geopotential chunks that hold the subset of `year`-`month` for config `cfg`."""
     t = TIMES.get_indexer(month_times(year, month, cfg["data"]["hours"]))
     lv = [int(np.flatnonzero(LEVELS == lvl)[0]) for lvl in cfg["levels"]]
     la = np.flatnonzero((LAT > 45.875) & (LAT < 47.875))
@@ -107,14 +105,14 @@ class CountingStore(WrapperStore):
         }
 
 
-def test_only_the_subset_chunks_are_read(store: tuple[Path, xr.Dataset]) -> None:
+def test_only_the_subset_chunks_are_read(store: tuple[Path, xr.Dataset], config: Callable[..., dict]) -> None:
     path, _ = store
     counting = CountingStore(LocalStore(path, read_only=True))
     ds, origin = fetch_month(config(), 2021, 2, store=counting)
     assert counting.chunks_read() == set()  # opening, cutting and canonicalising read no data
     assert dict(ds.sizes) == {"time": 56, "level": 3, "lat": 8, "lon": 8}
     ds.load()
-    wanted = subset_chunks(2021, 2)
+    wanted = subset_chunks(config(), 2021, 2)
     assert counting.chunks_read() == wanted
     total = 2 * int(
         np.prod([-(-n // c) for n, c in zip((len(TIMES), len(LEVELS), len(LAT), len(LON)), CHUNKS, strict=True)])
@@ -122,12 +120,14 @@ def test_only_the_subset_chunks_are_read(store: tuple[Path, xr.Dataset]) -> None
     assert len(wanted) == 2 * 14 * 3 * 2 * 2 and total == 2 * 18 * 4 * 3 * 3  # 336 of 1296 chunks
 
 
-def test_download_month_reads_nothing_outside_the_subset(store: tuple[Path, xr.Dataset], tmp_path: Path) -> None:
+def test_download_month_reads_nothing_outside_the_subset(
+    store: tuple[Path, xr.Dataset], tmp_path: Path, config: Callable[..., dict]
+) -> None:
     """With every other chunk deleted, the month still comes out complete and exact (a read outside would be NaN)."""
     path, content = store
     copy = tmp_path / "store.zarr"
     shutil.copytree(path, copy)
-    keep = subset_chunks(2021, 2)
+    keep = subset_chunks(config(), 2021, 2)
     removed = 0
     for var in ("temperature", "geopotential"):
         for chunk in (copy / var).iterdir():
@@ -148,7 +148,7 @@ def test_download_month_reads_nothing_outside_the_subset(store: tuple[Path, xr.D
         assert ds.attrs["source"] == "arco" and ds.attrs["source_file"] == str(copy)
 
 
-def test_statics_from_the_store(store: tuple[Path, xr.Dataset], tmp_path: Path) -> None:
+def test_statics_from_the_store(store: tuple[Path, xr.Dataset], tmp_path: Path, config: Callable[..., dict]) -> None:
     path, content = store
     out = tmp_path / "statics.nc"
     download_statics(config(str(path)), str(out))
@@ -159,7 +159,9 @@ def test_statics_from_the_store(store: tuple[Path, xr.Dataset], tmp_path: Path) 
         np.testing.assert_array_equal(ds["lsm"].values, (surface / G > 500).astype("float32"))
 
 
-def test_missing_month_is_reported_with_the_store(store: tuple[Path, xr.Dataset], tmp_path: Path) -> None:
+def test_missing_month_is_reported_with_the_store(
+    store: tuple[Path, xr.Dataset], tmp_path: Path, config: Callable[..., dict]
+) -> None:
     path, _ = store
     out = tmp_path / "2021-04.nc"
     with pytest.raises(ValueError, match=rf"{path.name} \(2021-04\): .*missing 60 of 60 expected times"):

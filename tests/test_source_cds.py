@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 
-from cds_server import CDSServer, build_month_grib, build_statics_grib
+from cds_server import SAMPLE_GRID, CDSServer, build_month_grib, build_statics_grib
 
 from geodiff.constants import G
 from geodiff.data.sources import download_month, download_statics
@@ -39,20 +40,18 @@ REQUEST = {
 """What CDS must receive for `config()` and February 2017."""
 
 
-def config(**cds: object) -> dict:
-    """A 12x12 three-degree grid (centres 30..63 N, -9..24 E: on ERA5's 3 degree lattice), 2 levels, 00/12 UTC."""
-    return {
-        "seed": 1,
-        "data": {
-            "source": "cds",
-            "period": {"start": "2017-02", "end": "2017-02"},
-            "hours": [0, 12],
-            "allow_nans": False,
-            "cds": {"format": "grib", "retries": 3, "retry_wait": 0.05, "timeout": 10, **cds},
-        },
-        "grid": {"hr": {"resolution": 3.0, "lat": [28.5, 64.5], "lon": [-10.5, 25.5]}, "scale_factor": 2},
-        "levels": [850, 500],
-    }
+@pytest.fixture
+def config(make_config: Callable[..., dict]) -> Callable[..., dict]:
+    """Configs of the CDS source on `SAMPLE_GRID` (on ERA5's 3 degree lattice), 850/500 hPa, 00/12 UTC, February 2017.
+
+    Keywords go into ``data.cds``.
+    """
+
+    def build(**cds: object) -> dict:
+        options = {"format": "grib", "retries": 3, "retry_wait": 0.05, "timeout": 10, **cds}
+        return make_config("cds", month="2017-02", grid=SAMPLE_GRID, levels=(850, 500), cds=options)
+
+    return build
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +91,7 @@ def expected_t(day: int, hour: int, level: int, lat: float, lon_east: float) -> 
     return base + 0.05 * (day - 1) + 0.01 * hour
 
 
-def test_build_request_is_exact() -> None:
+def test_build_request_is_exact(config: Callable[..., dict]) -> None:
     assert build_request(config(), 2017, 2) == REQUEST
     assert build_request(config(format="netcdf"), 2016, 2)["day"][-1] == "29"  # leap year
     assert build_statics_request(config()) == {
@@ -109,7 +108,7 @@ def test_build_request_is_exact() -> None:
     }
 
 
-def test_build_request_refuses_a_grid_off_the_era5_lattice() -> None:
+def test_build_request_refuses_a_grid_off_the_era5_lattice(config: Callable[..., dict]) -> None:
     shifted = config()
     shifted["grid"]["hr"]["lat"] = [30.0, 66.0]  # centres 31.5, 34.5, ...: CDS would answer on 30, 33, ...
     with pytest.raises(ValueError, match=r"grid.hr: lat cell centres \(first 31.5\) are not on the 3 degree lattice"):
@@ -117,7 +116,7 @@ def test_build_request_refuses_a_grid_off_the_era5_lattice() -> None:
 
 
 def test_month_download_sends_exact_request_and_writes_canonical_data(
-    payloads: dict[str, Path], env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    payloads: dict[str, Path], env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: Callable[..., dict]
 ) -> None:
     """accepted -> running -> successful, then the GRIB is canonicalised, cut and written."""
     out = tmp_path / "raw" / "2017-02.nc"
@@ -144,6 +143,7 @@ def test_retry_after_server_errors(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    config: Callable[..., dict],
 ) -> None:
     """Two HTTP 500 answers to the submission, then success on the third (of retries: 3) attempt."""
     out = tmp_path / "2017-02.nc"
@@ -155,7 +155,7 @@ def test_retry_after_server_errors(
 
 
 def test_retries_exhausted_leave_no_file(
-    payloads: dict[str, Path], env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    payloads: dict[str, Path], env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: Callable[..., dict]
 ) -> None:
     out = tmp_path / "raw" / "2017-02.nc"
     with use(CDSServer(payloads["grib"], KEY, fail_first=3, statuses=("successful",)), monkeypatch) as server:
@@ -170,7 +170,7 @@ def test_retries_exhausted_leave_no_file(
 
 
 def test_broken_transfer_is_resumed(
-    payloads: dict[str, Path], env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    payloads: dict[str, Path], env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: Callable[..., dict]
 ) -> None:
     out = tmp_path / "2017-02.nc"
     with use(CDSServer(payloads["grib"], KEY, cut_transfers=1, statuses=("successful",)), monkeypatch) as server:
@@ -185,7 +185,7 @@ def test_broken_transfer_is_resumed(
 
 
 def test_transfer_broken_every_time_leaves_no_file(
-    payloads: dict[str, Path], env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    payloads: dict[str, Path], env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: Callable[..., dict]
 ) -> None:
     out = tmp_path / "raw" / "2017-02.nc"
     with use(CDSServer(payloads["grib"], KEY, cut_transfers=100, statuses=("successful",)), monkeypatch) as server:
@@ -196,7 +196,7 @@ def test_transfer_broken_every_time_leaves_no_file(
 
 
 def test_failed_job_reports_the_server_message(
-    payloads: dict[str, Path], env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    payloads: dict[str, Path], env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: Callable[..., dict]
 ) -> None:
     with use(CDSServer(payloads["grib"], KEY, statuses=("failed",)), monkeypatch):
         with pytest.raises(CdsError, match="400 Client Error.* / The job has failed / MARS returned no data$") as err:
@@ -205,7 +205,9 @@ def test_failed_job_reports_the_server_message(
     assert list(tmp_path.iterdir()) == [tmp_path / "home"]
 
 
-def test_missing_key_gives_one_line_that_says_how_to_set_it(env: Path, tmp_path: Path) -> None:
+def test_missing_key_gives_one_line_that_says_how_to_set_it(
+    env: Path, tmp_path: Path, config: Callable[..., dict]
+) -> None:
     with pytest.raises(CdsCredentialsError) as err:
         download_month(config(), 2017, 2, str(tmp_path / "raw" / "2017-02.nc"))
     message = str(err.value)
@@ -215,7 +217,9 @@ def test_missing_key_gives_one_line_that_says_how_to_set_it(env: Path, tmp_path:
     assert list((tmp_path / "raw").iterdir()) == []
 
 
-def test_credentials_from_cdsapirc(payloads: dict[str, Path], env: Path, tmp_path: Path) -> None:
+def test_credentials_from_cdsapirc(
+    payloads: dict[str, Path], env: Path, tmp_path: Path, config: Callable[..., dict]
+) -> None:
     with CDSServer(payloads["grib"], KEY, statuses=("successful",)) as server:
         (env / ".cdsapirc").write_text(f"url: {server.url}\nkey: {KEY}\n")
         download_month(config(), 2017, 2, str(tmp_path / "2017-02.nc"))
@@ -228,6 +232,7 @@ def test_key_never_reaches_logs_or_outputs(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    config: Callable[..., dict],
 ) -> None:
     caplog.set_level(logging.DEBUG)
     out = tmp_path / "raw" / "2017-02.nc"
@@ -246,7 +251,9 @@ def test_key_never_reaches_logs_or_outputs(
             assert KEY.encode() not in path.read_bytes()
 
 
-def test_netcdf_format(payloads: dict[str, Path], env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_netcdf_format(
+    payloads: dict[str, Path], env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: Callable[..., dict]
+) -> None:
     """data.cds.format: netcdf asks CDS for NetCDF (valid_time, pressure_level, ...) and gives the same data."""
     out = tmp_path / "2017-02.nc"
     with use(CDSServer(payloads["netcdf"], KEY, statuses=("successful",)), monkeypatch) as server:
@@ -259,7 +266,7 @@ def test_netcdf_format(payloads: dict[str, Path], env: Path, monkeypatch: pytest
 
 
 def test_statics_from_single_levels(
-    payloads: dict[str, Path], env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    payloads: dict[str, Path], env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: Callable[..., dict]
 ) -> None:
     """Orography = surface geopotential / g, land-sea mask as sent, on the fine grid."""
     out = tmp_path / "statics.nc"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,11 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from cds_server import build_month_grib
+from cds_server import SAMPLE_GRID, build_month_grib
 
 from geodiff.constants import G
-from geodiff.data.canonical import DataError, canonicalize, month_times, open_any
+from geodiff.data.canonical import DataError, canonicalize, month_times
+from geodiff.data.files import open_any
 from geodiff.data.sources import download_month, download_statics
 
 REAL = Path(__file__).parents[2] / "shared" / "data" / "real"
@@ -24,21 +26,15 @@ pytestmark = pytest.mark.skipif(
 ERA5 = REAL / "era5" / "era5-levels-members.grib"
 
 
-def config(paths: list[str], statics: str | None = None, **grid: object) -> dict:
-    """Three-degree grid, 12 x 12 cells (centres 30..63 N, -9..24 E), 850 and 500 hPa, 00 and 12 UTC."""
-    hr = {"resolution": 3.0, "lat": [28.5, 64.5], "lon": [-10.5, 25.5]} | grid
-    return {
-        "seed": 1,
-        "data": {
-            "source": "local",
-            "period": {"start": "2017-02", "end": "2017-02"},
-            "hours": [0, 12],
-            "allow_nans": False,
-            "local": {"paths": paths, "statics": statics},
-        },
-        "grid": {"hr": hr, "scale_factor": 2},
-        "levels": [850, 500],
-    }
+@pytest.fixture
+def config(make_config: Callable[..., dict]) -> Callable[..., dict]:
+    """Configs of the local source: `SAMPLE_GRID` unless `grid` is given, 850/500 hPa, 00/12 UTC, February 2017."""
+
+    def build(paths: list[str], statics: str | None = None, grid: dict | None = None) -> dict:
+        local = {"paths": paths, "statics": statics}
+        return make_config("local", month="2017-02", grid=grid or SAMPLE_GRID, levels=(850, 500), local=local)
+
+    return build
 
 
 def raw_cfgrib(path: Path) -> xr.Dataset:
@@ -94,18 +90,17 @@ def test_gfs_netcdf_levels_in_pa_and_heights_in_gpm() -> None:
     assert "gpm" in ds.attrs["conversions"] and ds["z"].attrs["units"] == "m2 s-2"
 
 
-def test_gfs_month_is_refused_with_its_missing_times(tmp_path: Path) -> None:
+def test_gfs_month_is_refused_with_its_missing_times(tmp_path: Path, config: Callable[..., dict]) -> None:
     """One GFS time is not a month: the error names the file and what is missing; nothing is written."""
     path = REAL / "gfs" / "GFS_test.nc"
-    cfg = config([str(path)], lat=[20.5, 64.5], lon=[-149.5, -51.5], resolution=1.0)
-    cfg["grid"]["scale_factor"] = 2
+    cfg = config([str(path)], grid={"resolution": 1.0, "lat": [20.5, 64.5], "lon": [-149.5, -51.5]})
     cfg["data"]["hours"] = [12]
     with pytest.raises(DataError, match=rf"{path}: missing 30 of 31 expected times: 2010-10-01T12"):
         download_month(cfg, 2010, 10, str(tmp_path / "2010-10.nc"))
     assert list(tmp_path.iterdir()) == []
 
 
-def test_month_from_several_local_grib_files(tmp_path: Path) -> None:
+def test_month_from_several_local_grib_files(tmp_path: Path, config: Callable[..., dict]) -> None:
     """Files of different months behind one glob: the month's file is picked, cut to the box, and written."""
     (tmp_path / "era5").mkdir()
     build_month_grib(ERA5, tmp_path / "era5" / "era5_2017_02.grib", 2017, 2, [0, 12])
@@ -125,7 +120,7 @@ def test_month_from_several_local_grib_files(tmp_path: Path) -> None:
     assert not list((tmp_path / "era5").glob("*.idx"))
 
 
-def test_variables_split_across_files_are_merged(tmp_path: Path) -> None:
+def test_variables_split_across_files_are_merged(tmp_path: Path, config: Callable[..., dict]) -> None:
     """t in one NetCDF, z in another (ERA5 names): one month with both."""
     build_month_grib(ERA5, tmp_path / "feb.grib", 2017, 2, [0, 12])
     with raw_cfgrib(tmp_path / "feb.grib") as ds:
@@ -138,7 +133,7 @@ def test_variables_split_across_files_are_merged(tmp_path: Path) -> None:
         assert ds.attrs["source_file"] == f"{tmp_path / 't.nc'}, {tmp_path / 'z.nc'}"
 
 
-def test_duplicated_times_in_a_file_are_refused(tmp_path: Path) -> None:
+def test_duplicated_times_in_a_file_are_refused(tmp_path: Path, config: Callable[..., dict]) -> None:
     build_month_grib(ERA5, tmp_path / "feb.grib", 2017, 2, [0, 12])
     with raw_cfgrib(tmp_path / "feb.grib") as ds:
         doubled = xr.concat([ds.isel(time=slice(0, 10)), ds.isel(time=slice(9, None))], dim="time").load()
@@ -148,14 +143,14 @@ def test_duplicated_times_in_a_file_are_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out.nc").exists()
 
 
-def test_no_file_for_the_month(tmp_path: Path) -> None:
+def test_no_file_for_the_month(tmp_path: Path, config: Callable[..., dict]) -> None:
     with pytest.raises(DataError, match=r"none of 1 files has data for 2017-05"):
         download_month(config([str(ERA5)]), 2017, 5, str(tmp_path / "out.nc"))
     with pytest.raises(DataError, match=r"no file matches"):
         download_month(config([str(tmp_path / "nothing*.grib")]), 2017, 5, str(tmp_path / "out.nc"))
 
 
-def test_statics_from_an_era5_style_netcdf(tmp_path: Path) -> None:
+def test_statics_from_an_era5_style_netcdf(tmp_path: Path, config: Callable[..., dict]) -> None:
     """Surface geopotential z (m2 s-2) and lsm, ERA5 names, north->south, 0..360 -> orography (m), lsm."""
     lat = np.arange(90.0, -90.1, -3.0)
     lon = np.arange(0.0, 360.0, 3.0)
@@ -201,11 +196,11 @@ BAD = [
 
 @pytest.mark.parametrize(("name", "year", "month", "problems"), BAD, ids=[b[0] for b in BAD])
 def test_bad_files_are_refused_naming_file_and_problem(
-    name: str, year: int, month: int, problems: list[str], tmp_path: Path
+    name: str, year: int, month: int, problems: list[str], tmp_path: Path, config: Callable[..., dict]
 ) -> None:
     """Each real bad file through the whole local path: a DataError naming it and its problem, no output."""
     path = REAL / "bad" / name
-    cfg = config([str(path)], resolution=5.0, lat=[-77.5, 82.5], lon=[-182.5, 177.5])  # the 5-degree files' grid
+    cfg = config([str(path)], grid={"resolution": 5.0, "lat": [-77.5, 82.5], "lon": [-182.5, 177.5]})  # the files' grid
     before = sorted(p.name for p in (REAL / "bad").iterdir())
     with pytest.raises(DataError) as err:
         download_month(cfg, year, month, str(tmp_path / "raw" / f"{year}-{month:02d}.nc"))

@@ -1,36 +1,21 @@
 """The whole workflow, end to end, on config/test.yaml in a temporary copy of the repository."""
 
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-WORKFLOW_FILES = ["Snakefile", "workflow", "scripts", "config", "envs", "profiles"]
+from workflow_run import ROOT, config_variant, copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
-
-
-def copy_workflow(dest: Path) -> Path:
-    for name in WORKFLOW_FILES:
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
-    return dest
-
-
-def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(cwd)}
-    proc = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
+RUN = "results/test"
+STAGE_OF = {"raw": "data", "regrid": "regrid", "priors": "store", "baselines": "train", "samples": "sample"}
+"""Which stage's config hash each artifact folder records."""
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +27,7 @@ def run(tmp_path_factory):
 
 
 def test_artifacts_follow_the_data_contract(run):
-    res = run / "results"
+    res = run / RUN
     for path in ["raw/2001-01.nc", "raw/statics.nc", "regrid/2001-01.nc", "regrid/weights_conservative.nc",
                  "priors/train.h5", "models/deterministic.pt", "models/residual.pt", "samples/test_ensemble.nc",
                  "baselines/test_bicubic.nc", "baselines/test_deterministic.nc", "metrics.csv", "metrics_by_level.csv",
@@ -66,7 +51,7 @@ def test_artifacts_follow_the_data_contract(run):
 
 
 def test_metrics_table_is_tidy_and_complete(run):
-    table = pd.read_csv(run / "results/metrics.csv")
+    table = pd.read_csv(run / RUN / "metrics.csv")
     assert list(table.columns) == ["method", "variable", "level", "metric", "value"]
     assert not table["value"].isna().any()
     overall = table[(table["level"] == "all")].pivot_table(index="method", columns="metric", values="value")
@@ -83,7 +68,7 @@ def test_nothing_left_to_do_and_evaluation_only_reruns(run):
     # an evaluation-only change re-runs sampling and metrics, never training or data
     changed = (run / "config/test.yaml").read_text().replace("ensemble_size: 3", "ensemble_size: 4")
     (run / "config/eval_changed.yaml").write_text(changed)
-    plan = snakemake(run, "results/metrics.csv", "-n", "--configfile", "config/eval_changed.yaml")
+    plan = snakemake(run, f"{RUN}/metrics.csv", "-n", "--configfile", "config/eval_changed.yaml")
     out = plan.stdout + plan.stderr
     assert "sample" in out and "metrics" in out
     for upstream in ["train_deterministic", "train_residual", "priors", "download", "regrid"]:
@@ -96,6 +81,13 @@ def test_lint_is_clean(run):
     assert "Lints for" not in lint.stdout + lint.stderr
 
 
+def test_snakefmt_is_clean():
+    fmt = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/rules"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
 def test_invalid_config_stops_before_any_job(tmp_path):
     repo = copy_workflow(tmp_path)
     bad = (repo / "config/test.yaml").read_text().replace("scale_factor: 4", "scale_factor: one")
@@ -104,3 +96,63 @@ def test_invalid_config_stops_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "scale_factor" in proc.stdout + proc.stderr
     assert not (repo / "results").exists()
+
+
+def test_resolved_config_and_every_artifact_record_their_provenance(run):
+    resolved = yaml.safe_load((run / RUN / "config.resolved.yaml").read_text())
+    hashes = resolved["config_hashes"]
+    assert resolved["run_name"] == "test" and resolved["geodiff_version"]
+    assert resolved["train"]["checkpoint_every"] == 20 and resolved["regrid"]["backend"] == "auto"  # schema defaults in
+    assert set(hashes) == {"data", "regrid", "store", "train", "sample"} and len(set(hashes.values())) == 5
+    artifacts = sorted((run / RUN).rglob("*.nc")) + sorted((run / RUN).rglob("*.h5"))
+    assert len(artifacts) == 18  # 4 raw, 3 weights, 3 regrid, 3 stores, 4 baselines, 1 ensemble
+    for path in artifacts:
+        with h5py.File(path, "r") as f:  # NetCDF-4 is HDF5: one reader for both
+            attrs = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in f.attrs.items()}
+        name = path.relative_to(run / RUN)
+        assert attrs.get("geodiff_version") == resolved["geodiff_version"], name
+        assert attrs.get("run_name") == "test", name
+        assert attrs.get("config_hash") == hashes[STAGE_OF[name.parts[0]]], name
+
+
+def test_run_settings_never_retrain(run):
+    changed = config_variant(
+        run,
+        "run_changed",
+        [
+            ("device: cpu", "device: auto"),
+            ("checkpoint_every: 20", "checkpoint_every: 7"),
+            ("resources: {nodes: 1, tasks: 1, gpus: 0, cpus: 2, mem_mb: 2000, runtime: 10}",
+             "resources: {nodes: 1, tasks: 1, gpus: 0, cpus: 1, mem_mb: 3000, runtime: 20}\n  launcher: mpirun"),
+        ],
+    )
+    dry = snakemake(run, "-n", "--configfile", changed)
+    assert "Nothing to be done" in dry.stdout + dry.stderr, (dry.stdout + dry.stderr)[-3000:]
+
+
+def test_another_run_plans_only_in_its_own_folder(run):
+    jobs = planned_jobs(run, "--configfile", "config/config.yaml")
+    outputs = [p for job in jobs for p in job.get("output", "").split(", ") if p]
+    assert len(outputs) > 20 and all(p.startswith("results/default/") for p in outputs)
+    assert not (run / "results/default").exists()
+
+
+def test_sample_script_runs_by_hand(run, tmp_path):
+    out = tmp_path / "ensemble.nc"
+    res = run / RUN
+    proc = subprocess.run(
+        [
+            sys.executable, str(ROOT / "scripts/sample.py"),
+            "--input", f"store={res}/priors/test.h5", f"deterministic={res}/models/deterministic.pt",
+            f"residual={res}/models/residual.pt",
+            "--output", str(out),
+            "--params", "members=2", "steps=4", "s_churn=0.0", "seed=1", "sampler=scaled",
+            "config_hash=0123abcd", "run_name=by-hand",
+        ],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with xr.open_dataset(out) as ens, xr.open_dataset(res / "samples/test_ensemble.nc") as workflow_ens:
+        assert ens.sizes["member"] == 2 and ens["t"].shape[1:] == workflow_ens["t"].shape[1:]
+        assert ens.attrs["run_name"] == "by-hand" and ens.attrs["config_hash"] == "0123abcd"
+        assert np.isfinite(ens["t"]).all()

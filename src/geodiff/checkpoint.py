@@ -7,11 +7,9 @@ plain dict. :func:`save_checkpoint` refuses anything else before writing, so
 that :func:`load_checkpoint` (``torch.load(weights_only=True)``) can read back
 everything it wrote and nothing that could run code.
 
-Writing is atomic: the bytes go to a hidden temporary file in the same
-directory, are flushed and fsync'ed, and ``os.replace`` puts them under the
-final name. A job killed mid-write leaves the previous checkpoint in place and
-at worst a ``.<name>.*.tmp`` file, which a later save removes once it is a
-minute old.
+Writing is atomic (:func:`geodiff.atomic.atomic_write`): a job killed mid-write
+leaves the previous checkpoint in place and at worst a ``.<name>.*.tmp`` file,
+which a later save removes once it is a minute old.
 """
 
 from __future__ import annotations
@@ -20,8 +18,6 @@ import logging
 import os
 import pickle
 import random
-import socket
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from geodiff.atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 _LEAF_TYPES = (torch.Tensor, bool, int, float, str, type(None), torch.dtype, torch.device)
-#: Leftover temporary files older than this (s) are removed by the next save.
-STALE_TMP_AGE_S = 60.0
 
 
 class CheckpointError(RuntimeError):
@@ -68,31 +64,6 @@ def check_data_only(obj: Any, where: str = "state") -> None:
     )
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (best effort: not every filesystem allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_tmp(path: Path, older_than: float) -> None:
-    """Remove leftovers of earlier, killed saves of ``path``."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        try:
-            if tmp.stat().st_mtime < older_than:
-                tmp.unlink()
-                log.info("removed leftover %s", tmp)
-        except FileNotFoundError:
-            continue
-
-
 def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically; return the path.
 
@@ -103,22 +74,18 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
         raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
     check_data_only(state)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    tmp = path.parent / f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(dict(state), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    _remove_stale_tmp(path, started - STALE_TMP_AGE_S)
+    with atomic_write(path) as tmp:
+        torch.save(dict(state), tmp)
     log.info("saved checkpoint %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path
+
+
+def _refusal_reason(err: pickle.UnpicklingError) -> str:
+    """The line of torch's weights-only refusal that says what was refused, without its advice to load anyway."""
+    for line in str(err).splitlines():
+        if "unsupported" in line.lower():
+            return line.strip().rstrip(".")
+    return "the weights-only unpickler refused it"
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -136,9 +103,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(
-            f"{path}: refused, it is not a data-only checkpoint (weights_only load failed: "
-            f"{str(err).splitlines()[0]})"
-        ) from err
+            f"{path}: refused: it holds objects other than tensors and plain data ({_refusal_reason(err)}); "
+            "a GeoDiff checkpoint is data, never code"
+        ) from None  # torch's own message advises loading the file anyway
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from err
     if not isinstance(state, dict):

@@ -1,7 +1,7 @@
 """Command-line entry points called by the workflow rules (and usable by hand).
 
-    geodiff train --stage deterministic|residual --train priors/train.h5 --val priors/val.h5 --out model.pt --config-json '{...}'
-    geodiff sample --store priors/test.h5 --deterministic d.pt --residual r.pt --out ensemble.nc --members 8
+    geodiff train --stage deterministic|residual --train priors/train.h5 --val priors/val.h5 --out model.pt --config-json '{...}' [--device cpu] [--checkpoint-every 250]
+    geodiff sample --store priors/test.h5 --deterministic d.pt --residual r.pt --out ensemble.nc --members 8 [--sampler scaled|edm]
     geodiff evaluate --store priors/test.h5 --model-path models/ --ensemble e.nc --baselines b1.nc b2.nc --out results/
 """
 
@@ -29,13 +29,32 @@ def _config(args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> None:
     from geodiff.train.loop import train
 
-    train(args.stage, args.train, args.val, args.out, args.logdir, _config(args), args.deterministic)
+    train(args.stage, args.train, args.val, args.out, args.logdir, _config(args), args.deterministic,
+          device=args.device, checkpoint_every=args.checkpoint_every)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from geodiff.evaluate.sampling import write_ensemble
 
-    write_ensemble(args.store, args.deterministic, args.residual, args.out, args.members, args.steps, args.s_churn, args.seed, args.device)
+    write_ensemble(args.store, args.deterministic, args.residual, args.out, args.members, args.steps, args.s_churn,
+                   args.seed, args.device, sampler=args.sampler)
+
+
+def _members(text: str) -> int:
+    """--members: an integer of at least 2 (an ensemble of one has no spread and no fair CRPS)."""
+    from geodiff.evaluate.sampling import MIN_MEMBERS
+
+    members = int(text)
+    if members < MIN_MEMBERS:
+        raise argparse.ArgumentTypeError(f"must be >= {MIN_MEMBERS} (spread and fair CRPS need two members), got {members}")
+    return members
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -46,6 +65,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from geodiff.model.edm import SAMPLERS
+
     p = argparse.ArgumentParser(prog="geodiff", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log", help="also log to this file")
     sub = p.add_subparsers(dest="command", required=True)
@@ -57,9 +78,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="model file to write (.pt)")
     t.add_argument("--deterministic", help="deterministic model (.pt), for --stage residual")
     t.add_argument("--logdir", default="results/logs/tensorboard", help="TensorBoard folder")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help="where to train; overrides train.device of the config (default there, else auto)")
+    t.add_argument("--checkpoint-every", type=_positive, metavar="N",
+                   help="steps between resumable checkpoints; overrides train.checkpoint_every of the config")
     cfg = t.add_mutually_exclusive_group(required=True)
-    cfg.add_argument("--config", help="config YAML")
-    cfg.add_argument("--config-json", help="config as a JSON string")
+    cfg.add_argument("--config", help="resolved config YAML (every key present, e.g. the run's config.resolved.yaml)")
+    cfg.add_argument("--config-json", help="resolved config as a JSON string")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="draw the GeoDiff ensemble on a split")
@@ -67,11 +92,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--deterministic", required=True)
     s.add_argument("--residual", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--members", type=int, default=8)
+    s.add_argument("--members", type=_members, default=8, help="ensemble members M (at least 2)")
     s.add_argument("--steps", type=int, default=18)
     s.add_argument("--s-churn", type=float, default=0.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
+    s.add_argument("--sampler", choices=sorted(SAMPLERS), default="scaled",
+                   help="scaled: Heun in the scaled variables (default); edm: EDM's Algorithm 2")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("evaluate", help="metric tables and figures")

@@ -1,30 +1,128 @@
-"""Pure helpers of the Snakemake workflow: months, split periods, their checks."""
+"""Pure helpers of the Snakemake workflow: config checks, stage hashes, months and split periods,
+and the files of a `local` month."""
 
 from __future__ import annotations
 
 import copy
+import difflib
 import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
+import yaml
+
+from geodiff import __version__
+from geodiff.atomic import atomic_write
+from geodiff.provenance import config_hash
 
 SPLITS = ("train", "val", "test")
 
 
-def months_in_period(period: dict) -> list[str]:
+class ConfigError(ValueError):
+    """The config is refused before any job runs; the message names the keys."""
+
+
+# --- config checks -------------------------------------------------------------------------
+
+
+def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`schema` with a local ``$ref`` (``#/$defs/name``) followed."""
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    node: Any = root
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part]
+    return node
+
+
+def unknown_keys(config: Mapping[str, Any], schema: Mapping[str, Any], root: Mapping[str, Any] | None = None, where: str = "") -> list[str]:
+    """A message per config key that the schema does not define, with the nearest valid key (difflib)."""
+    root = schema if root is None else root
+    schema = _resolve(schema, root)
+    known = schema.get("properties", {})
+    problems = []
+    for key, value in config.items():
+        name = f"{where}{key}"
+        if key not in known:
+            near = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"did you mean '{where}{near[0]}'?" if near else f"valid keys: {', '.join(known)}"
+            problems.append(f"unknown key '{name}': {hint}")
+        elif isinstance(value, Mapping):
+            problems += unknown_keys(value, known[key], root, f"{name}.")
+    return problems
+
+
+def check_keys(config: Mapping[str, Any], schema_path: str | os.PathLike[str]) -> None:
+    """Refuse keys the schema does not define (typos such as ``trian``), naming the nearest valid one.
+
+    Snakemake's own validation says only that additional properties are not allowed; this
+    check runs before it so that the message names the key.
+    """
+    with open(schema_path, encoding="utf-8") as fh:
+        schema = yaml.safe_load(fh)
+    problems = unknown_keys(config, schema)
+    if problems:
+        raise ConfigError("config: " + "; ".join(problems))
+
+
+def _grid_problems(grid: Mapping[str, Any]) -> list[str]:
+    """Box bounds in order, a whole number of cells, a scale factor that divides the cell counts."""
+    resolution, factor = float(grid["hr"]["resolution"]), int(grid["scale_factor"])
+    problems = []
+    for axis, (low, high), words in (("lat", grid["hr"]["lat"], "south, north"), ("lon", grid["hr"]["lon"], "west, east")):
+        key = f"grid.hr.{axis}"
+        if high <= low:
+            problems.append(f"{key} {[low, high]}: bounds reversed, expected [{words}] with {words.split(', ')[0]} first")
+            continue
+        cells = (high - low) / resolution
+        if not np.isclose(cells, round(cells), rtol=0, atol=1e-6):
+            problems.append(f"{key} {[low, high]}: {high - low:g} degrees is not a whole number of grid.hr.resolution {resolution:g} cells")
+        elif round(cells) % factor:
+            problems.append(f"grid.scale_factor {factor} does not divide the {round(cells)} {axis} cells of {key}")
+    return problems
+
+
+def _level_problems(levels: list[float]) -> list[str]:
+    """Levels unique and from the surface upward (decreasing hPa)."""
+    repeated = sorted({lvl for lvl in levels if levels.count(lvl) > 1}, reverse=True)
+    if repeated:
+        return [f"levels {levels}: {', '.join(f'{lvl:g}' for lvl in repeated)} hPa listed more than once"]
+    rising = [(a, b) for a, b in zip(levels, levels[1:]) if b > a]
+    if rising:
+        return [f"levels {levels}: must go from the surface upward (decreasing hPa), but {rising[0][1]:g} follows {rising[0][0]:g}"]
+    return []
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Refuse cross-field errors before any job: grid box and scale factor, levels, splits vs data.period."""
+    problems = _grid_problems(config["grid"]) + _level_problems(list(config["levels"]))
+    try:
+        check_splits(config)
+    except ValueError as err:
+        problems.append(str(err))
+    if problems:
+        raise ConfigError("config: " + "; ".join(problems))
+
+
+def months_in_period(period: Mapping[str, str]) -> list[str]:
     """Month keys YYYY-MM from period["start"] to period["end"] inclusive."""
     start, end = pd.Period(period["start"], "M"), pd.Period(period["end"], "M")
     if end < start:
-        raise ValueError(f"data.period: end {period['end']} is before start {period['start']}")
+        raise ConfigError(f"data.period: end {period['end']} is before start {period['start']}")
     return [p.strftime("%Y-%m") for p in pd.period_range(start, end, freq="M")]
 
 
-def split_bounds(config: dict, split: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+def split_bounds(config: Mapping[str, Any], split: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     """First instant and the instant after the last day of a split."""
     period = config["splits"][split]
     return pd.Timestamp(period["start"]), pd.Timestamp(period["end"]) + pd.Timedelta(days=1)
 
 
-def months_of_split(config: dict, split: str, months: list[str]) -> list[str]:
+def months_of_split(config: Mapping[str, Any], split: str, months: list[str]) -> list[str]:
     """The months (from `months`) that overlap a split's period."""
     start, stop = split_bounds(config, split)
     chosen = []
@@ -35,23 +133,25 @@ def months_of_split(config: dict, split: str, months: list[str]) -> list[str]:
     return chosen
 
 
-def check_splits(config: dict) -> None:
+def check_splits(config: Mapping[str, Any]) -> None:
     """Refuse overlapping splits and splits outside the downloaded period, naming the keys."""
     bounds = {s: split_bounds(config, s) for s in SPLITS}
     for s, (start, stop) in bounds.items():
         if stop <= start:
-            raise ValueError(f"splits.{s}: end is before start")
+            raise ConfigError(f"splits.{s}: end is before start")
     for i, a in enumerate(SPLITS):
         for b in SPLITS[i + 1 :]:
             (a0, a1), (b0, b1) = bounds[a], bounds[b]
             if a0 < b1 and b0 < a1:
-                raise ValueError(f"splits.{a} and splits.{b} overlap")
+                raise ConfigError(f"splits.{a} and splits.{b} overlap")
     months = months_in_period(config["data"]["period"])
     first, last = pd.Timestamp(f"{months[0]}-01"), pd.Timestamp(f"{months[-1]}-01") + pd.offsets.MonthBegin(1)
     for s, (start, stop) in bounds.items():
         if start < first or stop > last:
-            raise ValueError(f"splits.{s} lies outside data.period {months[0]}..{months[-1]}")
+            raise ConfigError(f"splits.{s} lies outside data.period {months[0]}..{months[-1]}")
 
+
+# --- what defines each artifact ------------------------------------------------------------
 
 ABLATIONS = {
     "no_priors": "the U-Net without the physics-prior branch",
@@ -59,11 +159,14 @@ ABLATIONS = {
 }
 """Ablations of the deterministic model, each a change to its training config."""
 
+RUN_ONLY = ("device", "checkpoint_every", "launcher", "resources")
+"""Keys of `train` that say how a training runs, not what it makes: never part of a model's definition."""
 
-def training_config(config: dict, ablation: str | None = None) -> dict:
-    """The keys that define a trained model (never evaluation-only ones), with an ablation applied."""
+
+def training_config(config: Mapping[str, Any], ablation: str | None = None) -> dict:
+    """The keys that define a trained model (never evaluation-only or run-only ones), with an ablation applied."""
     out = {k: copy.deepcopy(config[k]) for k in ("seed", "levels", "priors", "model", "loss")}
-    out["train"] = {k: v for k, v in config["train"].items() if k not in ("resources", "launcher")}
+    out["train"] = {k: v for k, v in config["train"].items() if k not in RUN_ONLY}
     if ablation == "no_priors":
         out["model"]["use_priors"] = False
     elif ablation == "no_physics_loss":
@@ -71,6 +174,67 @@ def training_config(config: dict, ablation: str | None = None) -> dict:
     elif ablation is not None:
         raise ValueError(f"unknown ablation {ablation!r}: {sorted(ABLATIONS)}")
     return out
+
+
+SAMPLE_KEYS = ("ensemble_size", "sampler", "sampler_steps", "s_churn")
+"""Keys of `evaluate` that shape an ensemble (the others choose what is scored)."""
+
+
+def stage_configs(config: Mapping[str, Any]) -> dict[str, dict]:
+    """The config keys that define the artifacts of each stage, each stage including the ones before.
+
+    data: raw months and statics; regrid: weights and coarse months; store: the HDF5 stores;
+    train: the models (`training_config`) and the baselines made from them; sample: the ensembles.
+    A stage's hash is a param of its rules, so it holds nothing that does not change their output.
+    """
+    data = {k: config[k] for k in ("seed", "data", "grid", "levels")}
+    regrid = {**data, "regrid": config["regrid"]}
+    store = {**regrid, "priors": config["priors"], "splits": config["splits"]}
+    train = {**store, **training_config(config)}
+    sample = {**train, "evaluate": {k: config["evaluate"][k] for k in SAMPLE_KEYS}}
+    return {"data": data, "regrid": regrid, "store": store, "train": train, "sample": sample}
+
+
+def stage_hashes(config: Mapping[str, Any]) -> dict[str, str]:
+    """`config_hash` of each stage's keys: what an artifact of that stage records."""
+    return {stage: config_hash(keys) for stage, keys in stage_configs(config).items()}
+
+
+def write_resolved_config(config: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write the config after schema defaults, with the package version and the stage hashes (YAML, atomic)."""
+    resolved = {"geodiff_version": __version__, "config_hashes": stage_hashes(config), **copy.deepcopy(dict(config))}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+
+
+def local_files_by_month(config: Mapping[str, Any], months: Iterable[str]) -> dict[str, list[str]]:
+    """For source `local`: the files of ``data.local.paths`` that hold data of each month (YYYY-MM).
+
+    Read once when the DAG is built (times only), so that each month's `download` job has
+    exactly its own files as inputs. The statics file, should a pattern match it, is left out.
+
+    Raises:
+        ConfigError: a month of `months` is in no file.
+    """
+    from geodiff.constants import STATICS, TIME
+    from geodiff.data.canonical import canonicalize
+    from geodiff.data.files import open_any
+    from geodiff.data.sources.local import paths
+
+    by_month: dict[str, list[str]] = {m: [] for m in months}
+    for path in paths(config):
+        with open_any(path) as ds:
+            canonical = canonicalize(ds, "local", str(path))
+            if set(STATICS) & set(map(str, canonical.data_vars)):
+                continue
+            for month in sorted(set(pd.DatetimeIndex(canonical[TIME].values).strftime("%Y-%m"))):
+                if month in by_month:
+                    by_month[month].append(str(path))
+    missing = [m for m, files in by_month.items() if not files]
+    if missing:
+        raise ConfigError(f"data.local.paths: no file has data for {', '.join(missing)} (data.period needs every month)")
+    return by_month
 
 
 def export_source_path(basedir: str) -> None:

@@ -1,44 +1,62 @@
-# Helpers shared by the rules: paths, months, splits, resources and params.
+# Helpers shared by the rules: paths, months, splits, stage hashes, resources and params.
 import json
+import shlex
 
-from geodiff.provenance import config_hash
+from geodiff.shutdown import stop_jobs_on_signal
 from geodiff.workflow import (
-    check_splits,
     export_source_path,
+    local_files_by_month,
     months_in_period,
     months_of_split,
+    stage_configs,
+    stage_hashes,
     training_config,
+    write_resolved_config,
 )
 
 # rule jobs (also conda envs without the package installed) import geodiff from this checkout
 export_source_path(workflow.basedir)
 
-RESULTS = config["results"]
-check_splits(config)
+RUN = f"{config['results']}/{config['run_name']}"
 MONTHS = months_in_period(config["data"]["period"])
 SPLITS = ["train", "val", "test"]
 UPSAMPLERS = ["bicubic", "bilinear"]
 ABLATIONS = config["ablations"]
+HASHES = stage_hashes(config)
+LOCAL_FILES = (
+    local_files_by_month(config, MONTHS) if config["data"]["source"] == "local" else {}
+)
 
 
 def results(path):
-    """Path under the results folder."""
-    return f"{RESULTS}/{path}"
+    """Path under this run's folder, results/{run_name}."""
+    return f"{RUN}/{path}"
 
 
 def logs(name):
     """Log file of a rule."""
-    return f"{RESULTS}/logs/{name}.log"
+    return f"{RUN}/logs/{name}.log"
 
 
 def benchmarks(name):
     """Benchmark file of a rule."""
-    return f"{RESULTS}/benchmarks/{name}.tsv"
+    return f"{RUN}/benchmarks/{name}.tsv"
 
 
 def get_final_outputs():
     """The targets of the default run: the metric tables (and through them everything else)."""
     return [results("metrics.csv"), results("metrics_by_level.csv")]
+
+
+def get_download_input(wildcards):
+    """The user's files holding the month (source local), so editing one reruns that month."""
+    return LOCAL_FILES.get(f"{wildcards.year}-{wildcards.month}", [])
+
+
+def get_statics_input(wildcards):
+    """The user's statics file (source local)."""
+    statics = config["data"]["local"]["statics"]
+    return [statics] if config["data"]["source"] == "local" and statics else []
 
 
 def get_split_months(wildcards):
@@ -52,21 +70,10 @@ def get_split_period(wildcards):
 
 
 def data_params():
-    """The config keys that define the downloaded data (nothing downstream), as sorted JSON
-    so that Snakemake's params trigger sees the same text for the same values."""
-    return json.dumps(
-        {k: config[k] for k in ("seed", "data", "grid", "levels")}, sort_keys=True
-    )
-
-
-def store_hash():
-    """Hash of the keys that define the HDF5 stores (never evaluation-only ones)."""
-    return config_hash(
-        {
-            k: config[k]
-            for k in ("seed", "data", "grid", "levels", "regrid", "priors", "splits")
-        }
-    )
+    """The config keys that define the downloaded data (nothing downstream), keys sorted at
+    every level so that Snakemake's params trigger sees the same text for the same values.
+    """
+    return json.loads(json.dumps(stage_configs(config)["data"], sort_keys=True))
 
 
 def get_priors_input(wildcards):
@@ -83,10 +90,24 @@ def get_priors_input(wildcards):
 
 
 def train_params(ablation=None):
-    """Everything that defines a trained model, and nothing evaluation-only (so evaluation
+    """Everything that defines a trained model, and nothing evaluation-only or run-only (so such
     changes never retrain); an ablation switches the priors or the physics loss terms off.
     """
     return json.dumps(training_config(config, ablation), sort_keys=True)
+
+
+def get_ablation_params(wildcards):
+    """Training params of one ablation of the deterministic U-Net."""
+    return train_params(wildcards.ablation)
+
+
+def get_deterministic_option(wildcards, input):
+    """`--deterministic <model>` for the residual stage, which learns that model's residual."""
+    return (
+        f"--deterministic {shlex.quote(input.deterministic)}"
+        if "deterministic" in input.keys()
+        else ""
+    )
 
 
 def get_baseline_files():
@@ -100,17 +121,17 @@ def get_baseline_files():
     return [results(f"baselines/{split}_{m}.nc") for m in methods]
 
 
-def get_ablation_params(wildcards):
-    """Training params of one ablation of the deterministic U-Net."""
-    return train_params(wildcards.ablation)
-
-
 def get_baseline_input(wildcards):
     """The split's store, and the U-Net for the deterministic and ablation baselines."""
     inputs = {"store": results(f"priors/{wildcards.split}.h5")}
     if wildcards.baseline not in UPSAMPLERS:
         inputs["deterministic"] = results(f"models/{wildcards.baseline}.pt")
     return inputs
+
+
+def train_resources(key):
+    """A training resource from config train.resources."""
+    return config["train"]["resources"][key]
 
 
 def get_train_mpi():
@@ -124,11 +145,27 @@ def get_train_launch():
     return f"{mpi} -n {train_resources('tasks')}" if mpi else ""
 
 
-def train_resources(key):
-    """A training resource from config train.resources."""
-    return config["train"]["resources"][key]
+def uses_gpu():
+    """Whether jobs that run a model get a GPU: device cuda, or auto with GPUs for training."""
+    device = config["train"]["device"]
+    return device == "cuda" or (device == "auto" and train_resources("gpus") > 0)
+
+
+def evaluate_gpus():
+    """GPUs of a job that runs a trained model (sample, baselines): one when a GPU is used."""
+    return 1 if uses_gpu() else 0
+
+
+def get_baseline_gpus(wildcards):
+    """GPUs of a baseline job: none for an interpolation."""
+    return 0 if wildcards.baseline in UPSAMPLERS else evaluate_gpus()
 
 
 def heavy_mem_mb(wildcards, attempt):
     """Memory of a data-sized job, MB, growing with retries."""
     return 4000 * attempt
+
+
+onstart:
+    stop_jobs_on_signal()
+    write_resolved_config(config, results("config.resolved.yaml"))

@@ -1,6 +1,6 @@
 # Acquisition: one canonical NetCDF per month, plus fine-grid statics.
 
-if config["data"].get("cds", {}).get("local_download", False):
+if config["data"]["cds"]["local_download"]:
 
     localrules:
         download,
@@ -8,16 +8,15 @@ if config["data"].get("cds", {}).get("local_download", False):
 
 
 rule download:
+    input:
+        get_download_input,
     output:
         ensure(results("raw/{year}-{month}.nc"), non_empty=True),
     log:
         logs("download/{year}-{month}"),
     benchmark:
         benchmarks("download/{year}-{month}")
-    retries:
-        config["data"].get("cds", {}).get("retries", 3)
-        if config["data"]["source"] == "cds"
-        else 0
+    retries: config["data"]["cds"]["retries"] if config["data"]["source"] == "cds" else 0
     conda:
         "../../envs/data.yaml"
     threads: 1
@@ -27,11 +26,15 @@ rule download:
         cds=1,
     params:
         config=data_params(),
+        config_hash=HASHES["data"],
+        run_name=config["run_name"],
     script:
         "../../scripts/download.py"
 
 
 rule statics:
+    input:
+        get_statics_input,
     output:
         ensure(results("raw/statics.nc"), non_empty=True),
     log:
@@ -47,5 +50,7 @@ rule statics:
         cds=1,
     params:
         config=data_params(),
+        config_hash=HASHES["data"],
+        run_name=config["run_name"],
     script:
         "../../scripts/statics.py"

@@ -1,5 +1,6 @@
 # Evaluation: ensembles, baselines, metric tables and figures. Evaluation-only
-# settings live here, so changing them never retrains.
+# settings live here, so changing them never retrains. Jobs that run a model get a
+# GPU when the device setting uses one; the device itself is a resource (no rerun).
 
 
 rule sample:
@@ -19,12 +20,16 @@ rule sample:
     resources:
         mem_mb=8000,
         runtime=60,
+        gpu=evaluate_gpus(),
+        device=config["train"]["device"],
     params:
         members=config["evaluate"]["ensemble_size"],
+        sampler=config["evaluate"]["sampler"],
         steps=config["evaluate"]["sampler_steps"],
         s_churn=config["evaluate"]["s_churn"],
         seed=config["seed"],
-        device=config["train"]["device"],
+        config_hash=HASHES["sample"],
+        run_name=config["run_name"],
     script:
         "../../scripts/sample.py"
 
@@ -53,8 +58,11 @@ rule baselines:
     resources:
         mem_mb=4000,
         runtime=30,
-    params:
+        gpu=get_baseline_gpus,
         device=config["train"]["device"],
+    params:
+        config_hash=HASHES["train"],
+        run_name=config["run_name"],
     script:
         "../../scripts/baselines.py"
 

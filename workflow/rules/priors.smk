@@ -22,6 +22,7 @@ rule priors:
         priors=config["priors"]["names"],
         upsample=config["regrid"]["upsample"],
         scale_factor=config["grid"]["scale_factor"],
-        config_hash=store_hash(),
+        config_hash=HASHES["store"],
+        run_name=config["run_name"],
     script:
         "../../scripts/priors.py"

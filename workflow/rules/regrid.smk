@@ -17,6 +17,8 @@ rule regrid_weights:
     params:
         grid=config["grid"],
         backend=config["regrid"]["backend"],
+        config_hash=HASHES["regrid"],
+        run_name=config["run_name"],
     script:
         "../../scripts/regrid_weights.py"
 
@@ -41,5 +43,7 @@ rule regrid:
         runtime=30,
     params:
         methods=["conservative", *UPSAMPLERS],
+        config_hash=HASHES["regrid"],
+        run_name=config["run_name"],
     script:
         "../../scripts/regrid.py"

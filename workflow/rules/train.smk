@@ -1,7 +1,8 @@
 # Training: the deterministic U-Net, then the EDM diffusion model of its residual.
-# With train.resources.tasks > 1 the ranks are started by `train.launcher` (srun by
-# default, as snakemake-executor-plugin-slurm expects for mpi jobs); the CLI detects
-# torchrun, srun or mpirun itself.
+# How a training runs (device, checkpoint interval, ranks and their launcher) reaches the
+# shell through `resources`, which never trigger a rerun; what defines the model is the
+# `config` param. With train.resources.tasks > 1 the ranks are started by `train.launcher`
+# (srun by default, as snakemake-executor-plugin-slurm expects for mpi jobs).
 
 
 rule train_deterministic:
@@ -24,16 +25,21 @@ rule train_deterministic:
         mem_mb=train_resources("mem_mb"),
         runtime=train_resources("runtime"),
         mpi=get_train_mpi(),
-    params:
-        config=train_params(),
         launch=get_train_launch(),
+        device=config["train"]["device"],
+        checkpoint_every=config["train"]["checkpoint_every"],
+    params:
+        stage="deterministic",
+        config=train_params(),
+        deterministic=get_deterministic_option,
         logdir=results("logs/tensorboard/deterministic"),
     shell:
-        "{params.launch} python -m geodiff train --stage deterministic --train {input.train:q} --val {input.val:q}"
-        " --out {output:q} --logdir {params.logdir:q} --config-json {params.config:q} > {log:q} 2>&1"
+        "{resources.launch} python -m geodiff train --stage {params.stage} --train {input.train:q} --val {input.val:q}"
+        " {params.deterministic} --out {output:q} --logdir {params.logdir:q} --config-json {params.config:q}"
+        " --device {resources.device} --checkpoint-every {resources.checkpoint_every} > {log:q} 2>&1"
 
 
-rule train_residual:
+use rule train_deterministic as train_residual with:
     input:
         train=results("priors/train.h5"),
         val=results("priors/val.h5"),
@@ -44,30 +50,14 @@ rule train_residual:
         logs("train_residual"),
     benchmark:
         benchmarks("train_residual")
-    conda:
-        "../../envs/train.yaml"
-    threads: train_resources("cpus")
-    resources:
-        nodes=train_resources("nodes"),
-        tasks=train_resources("tasks"),
-        gpu=train_resources("gpus"),
-        mem_mb=train_resources("mem_mb"),
-        runtime=train_resources("runtime"),
-        mpi=get_train_mpi(),
     params:
+        stage="residual",
         config=train_params(),
-        launch=get_train_launch(),
+        deterministic=get_deterministic_option,
         logdir=results("logs/tensorboard/residual"),
-    shell:
-        "{params.launch} python -m geodiff train --stage residual --train {input.train:q} --val {input.val:q}"
-        " --deterministic {input.deterministic:q} --out {output:q} --logdir {params.logdir:q}"
-        " --config-json {params.config:q} > {log:q} 2>&1"
 
 
-rule train_ablation:
-    input:
-        train=results("priors/train.h5"),
-        val=results("priors/val.h5"),
+use rule train_deterministic as train_ablation with:
     output:
         results("models/ablation_{ablation}.pt"),
     log:
@@ -76,21 +66,8 @@ rule train_ablation:
         benchmarks("train_ablation/{ablation}")
     wildcard_constraints:
         ablation="|".join(ABLATIONS),
-    conda:
-        "../../envs/train.yaml"
-    threads: train_resources("cpus")
-    resources:
-        nodes=train_resources("nodes"),
-        tasks=train_resources("tasks"),
-        gpu=train_resources("gpus"),
-        mem_mb=train_resources("mem_mb"),
-        runtime=train_resources("runtime"),
-        mpi=get_train_mpi(),
     params:
+        stage="deterministic",
         config=get_ablation_params,
-        launch=get_train_launch(),
-        logdir=results("logs/tensorboard"),
-    shell:
-        "{params.launch} python -m geodiff train --stage deterministic --train {input.train:q} --val {input.val:q}"
-        " --out {output:q} --logdir {params.logdir:q}/ablation_{wildcards.ablation} --config-json {params.config:q}"
-        " > {log:q} 2>&1"
+        deterministic=get_deterministic_option,
+        logdir=results("logs/tensorboard/ablation_{ablation}"),

@@ -1,21 +1,23 @@
-"""The canonical form of atmospheric data, and the checks every input passes (DESIGN.md sections 3, 9).
+"""The canonical form of atmospheric data (DESIGN.md section 3).
 
 Every source (CDS, ARCO-ERA5, the user's files, the synthetic generator) goes
 through `canonicalize` on entry:
 
-* dims ``time, level, lat, lon``; ERA5/GRIB/GFS names (``valid_time``,
-  ``pressure_level``, ``isobaricInhPa``, ``isobaricInPa``, ``isobaric3``,
+* dims ``time, level, lat, lon``; ERA5/GRIB/GFS/CMIP names (``valid_time``,
+  ``pressure_level``, ``isobaricInhPa``, ``isobaricInPa``, ``isobaric3``, ``plev``,
   ``latitude``, ``longitude``) are renamed;
 * ``level`` in hPa (Pa input divided by 100, noted in the attributes), ordered
   from the surface upward (1000 -> 200 hPa);
 * ``lat`` ascending (degrees north), ``lon`` in [-180, 180) ascending (degrees east);
 * ``t`` air temperature (K) and ``z`` geopotential (m2 s-2; geopotential height
-  in gpm is multiplied by g), float32, with CF attributes;
-* statics (``orography`` in m, ``lsm`` in 0..1) on (lat, lon).
+  in gpm is multiplied by g), float32, with CF attributes; each is found by its CF
+  ``standard_name`` first, then by its name (ERA5, GRIB, GFS, CMIP spellings);
+* statics (``orography`` in m, ``lsm`` in 0..1) on (lat, lon);
+* global attributes: source, source file, request (without secrets), config hash,
+  package version, the conversions made.
 
-`validate` then refuses what GeoDiff cannot use with a `DataError` naming the
-file, the variable and the problem; `open_any` reads NetCDF or GRIB and refuses
-empty, truncated and corrupted files; `write_netcdf` writes atomically.
+What GeoDiff cannot use is refused later by `geodiff.data.validate`; files are
+opened and written by `geodiff.data.files`.
 """
 
 from __future__ import annotations
@@ -23,12 +25,9 @@ from __future__ import annotations
 import calendar
 import json
 import logging
-import os
 import re
-import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,8 +35,7 @@ import pandas as pd
 import xarray as xr
 
 from geodiff import __version__
-from geodiff.constants import CF_ATTRS, DIMS, LAT, LEVEL, LON, STATICS, TIME, G
-from geodiff.data.grid import Grid, grids_from_config
+from geodiff.constants import CF_ATTRS, DIMS, HPA_TO_PA, LAT, LEVEL, LON, TIME, G
 from geodiff.provenance import config_hash
 
 log = logging.getLogger(__name__)
@@ -47,10 +45,25 @@ class DataError(ValueError):
     """Input that GeoDiff refuses; the message names the file, the variable and the problem."""
 
 
-TEMPERATURE_NAMES = ("t", "temperature", "Temperature_isobaric", "ta", "air_temperature")
-GEOPOTENTIAL_NAMES = ("z", "geopotential", "Geopotential_height_isobaric", "gh", "zg", "geopotential_height")
-HEIGHT_NAMES = ("Geopotential_height_isobaric", "gh", "zg", "geopotential_height")
+TEMPERATURE_NAMES = ("t", "T", "ta", "TMP", "temperature", "Temperature_isobaric", "air_temperature")
+"""Names of air temperature: ERA5/GRIB, WRF-like, CMIP, GFS (GRIB2 abbreviation, THREDDS), ARCO-ERA5, CF."""
+GEOPOTENTIAL_NAMES = (
+    "z",
+    "Z",
+    "geopotential",
+    "gh",
+    "zg",
+    "HGT",
+    "Geopotential_height_isobaric",
+    "geopotential_height",
+)
+"""Names of geopotential or geopotential height: ERA5/GRIB, ARCO-ERA5, GFS, CMIP, CF."""
+HEIGHT_NAMES = ("gh", "zg", "HGT", "Geopotential_height_isobaric", "geopotential_height")
 """Variables holding geopotential height (gpm) rather than geopotential, when units say nothing."""
+TEMPERATURE_STANDARD_NAMES = ("air_temperature",)
+GEOPOTENTIAL_STANDARD_NAMES = ("geopotential", "geopotential_height")
+"""CF standard names, looked for before the names above (only among variables on pressure levels)."""
+HEIGHT_STANDARD_NAME = "geopotential_height"
 OROGRAPHY_NAMES = ("orography", "orog")
 SURFACE_GEOPOTENTIAL_NAMES = ("geopotential_at_surface", "z")
 LSM_NAMES = ("lsm", "land_sea_mask")
@@ -63,37 +76,9 @@ TIME_DIM = re.compile(r"^(time|valid_time|time\d+)$")
 HPA_UNITS = {"hpa", "millibar", "millibars", "mbar", "mb", "hectopascal", "hectopascals"}
 PA_UNITS = {"pa", "pascal", "pascals"}
 KELVIN_UNITS = {"k", "kelvin", "kelvins", "degk", "deg_k", "degreek", "degrees_k"}
-CELSIUS_UNITS = {
-    "c",
-    "degc",
-    "deg_c",
-    "degreec",
-    "degree_c",
-    "degreesc",
-    "degrees_c",
-    "celsius",
-    "degcelsius",
-    "degreecelsius",
-    "degree_celsius",
-    "degreescelsius",
-    "degrees_celsius",
-}
 GEOPOTENTIAL_UNITS = {"m**2s**-2", "m2s-2", "m^2s^-2", "m^2/s^2", "m2/s2", "m**2/s**2", "j/kg", "jkg-1", "jkg**-1"}
 HEIGHT_UNITS = {"gpm", "m", "metre", "metres", "meter", "meters"}
-T_PLAUSIBLE_K = (100.0, 350.0)
-"""Range of air temperature on pressure levels accepted as Kelvin, K."""
-OROGRAPHY_PLAUSIBLE_M = (-1000.0, 9000.0)
-"""Range of surface altitude accepted, m."""
 SECRET_KEYS = re.compile(r"key|token|secret|password|auth", re.IGNORECASE)
-
-GRIB_MAGIC = b"GRIB"
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-NETCDF3_MAGIC = b"CDF"
-ZIP_MAGIC = b"PK\x03\x04"
-
-
-# ---------------------------------------------------------------------------------------------
-# canonical form
 
 
 def month_times(year: int, month: int, hours: Iterable[int]) -> pd.DatetimeIndex:
@@ -125,7 +110,7 @@ def canonicalize(
         Pressure-level data: ``t`` (K) and, when present, ``z`` (m2 s-2), float32,
         dims (time, level, lat, lon), level in hPa from the surface upward. Statics:
         ``orography`` (m) and ``lsm`` (1), float32, dims (lat, lon). Temperature in
-        degrees Celsius is *not* converted: its units are kept so that `validate` refuses it.
+        degrees Celsius is *not* converted: its units are kept so that `geodiff.data.validate` refuses it.
 
     Raises:
         DataError: no usable variable or coordinate.
@@ -173,6 +158,28 @@ def _first(ds: xr.Dataset, names: Iterable[str]) -> str | None:
     return next((n for n in names if n in ds.data_vars), None)
 
 
+def _on_pressure_levels(da: xr.DataArray) -> bool:
+    return any(LEVEL_DIM.match(str(d)) for d in da.dims) or any(
+        LEVEL_DIM.match(str(c)) and da[c].ndim == 0 for c in da.coords
+    )
+
+
+def _find(ds: xr.Dataset, standard_names: Iterable[str], names: Iterable[str]) -> str | None:
+    """The first variable on pressure levels with one of the CF `standard_names`, else the first of `names`."""
+    for name, da in ds.data_vars.items():
+        if da.attrs.get("standard_name") in standard_names and _on_pressure_levels(da):
+            return str(name)
+    return _first(ds, names)
+
+
+def time_units_error(where: str, name: str, units: Any) -> DataError:
+    """The refusal of a time axis whose units xarray cannot decode into dates (e.g. ``months since 1988-01``)."""
+    return DataError(
+        f"{where}: time axis '{name}' cannot be decoded into dates (units '{units}'): give it CF units that "
+        "xarray decodes, e.g. 'hours since 1988-01-01 00:00' with the standard calendar"
+    )
+
+
 def _time_axis(ds: xr.Dataset, where: str) -> xr.Dataset:
     """Make `time` the (valid) time dimension: cfgrib's time x step, ERA5's valid_time, GFS's time1."""
     if "step" in ds.dims and ds.sizes["step"] > 1 and "time" in ds.dims and "valid_time" in ds.coords:
@@ -197,6 +204,9 @@ def _time_axis(ds: xr.Dataset, where: str) -> xr.Dataset:
             ds = ds.rename({others[0]: TIME})
     if TIME not in ds.variables:
         raise DataError(f"{where}: no time coordinate (have {sorted(map(str, ds.variables))})")
+    if ds[TIME].dtype.kind in "iuf":  # numbers, not dates: the units could not be decoded
+        time = ds[TIME]
+        raise time_units_error(where, TIME, time.attrs.get("units", time.encoding.get("units", "none")))
     if TIME not in ds.dims:
         ds = ds.expand_dims(TIME)
     return ds
@@ -219,7 +229,7 @@ def _single_member(ds: xr.Dataset, where: str, notes: list[str]) -> xr.Dataset:
     return ds
 
 
-def _pressure_in_hpa(coord: xr.DataArray, where: str) -> tuple[np.ndarray, str | None]:
+def pressure_in_hpa(coord: xr.DataArray, where: str) -> tuple[np.ndarray, str | None]:
     """Pressure values in hPa, and a note when they were converted from Pa."""
     name = str(coord.name)
     values = np.asarray(coord.values, dtype=np.float64)
@@ -228,14 +238,14 @@ def _pressure_in_hpa(coord: xr.DataArray, where: str) -> tuple[np.ndarray, str |
     if coord.attrs.get("geodiff_converted_from") == "Pa":
         return values, f"{name}: converted from Pa to hPa"
     if key in PA_UNITS or (not units and name == "isobaricInPa"):
-        return values / 100.0, f"{name}: converted from Pa to hPa (divided by 100)"
+        return values / HPA_TO_PA, f"{name}: converted from Pa to hPa (divided by {HPA_TO_PA:g})"
     if key in HPA_UNITS:
         return values, None
     if not units:
         if values.size and np.nanmax(values) > 1100.0:
             return (
-                values / 100.0,
-                f"{name}: no units, values up to {np.nanmax(values):g} taken as Pa and divided by 100",
+                values / HPA_TO_PA,
+                f"{name}: no units, values up to {np.nanmax(values):g} taken as Pa and divided by {HPA_TO_PA:g}",
             )
         return values, None
     raise DataError(f"{where}: pressure coordinate '{name}' has units '{units}'; expected hPa or Pa")
@@ -252,7 +262,7 @@ def _vertical(da: xr.DataArray, name: str, where: str, notes: list[str]) -> xr.D
             raise DataError(f"{where}: variable '{name}' is not on pressure levels (dims {tuple(map(str, da.dims))})")
         da = da.expand_dims(scalars[0])
         dims = scalars[:1]
-    hpa, note = _pressure_in_hpa(da[dims[0]], where)
+    hpa, note = pressure_in_hpa(da[dims[0]], where)
     if note and note not in notes:
         notes.append(note)
     da = da.drop_vars([c for c in da.coords if c not in da.dims])
@@ -267,25 +277,32 @@ def _float32(da: xr.DataArray, factor: float = 1.0) -> xr.DataArray:
     return (lazy * factor if factor != 1.0 else lazy).astype(np.float32).assign_attrs(da.attrs)
 
 
-def _unit_key(units: Any) -> str:
+def unit_key(units: Any) -> str:
+    """Units in lower case without spaces, with a degree sign spelled 'deg': the key of the unit tables."""
     return str(units).strip().lower().replace(" ", "").replace("°", "deg").replace("º", "deg")
 
 
 def _is_height(da: xr.DataArray, name: str) -> bool:
     """Whether a geopotential-like variable holds geopotential height (gpm) instead of geopotential."""
-    key = _unit_key(da.attrs.get("units", ""))
+    key = unit_key(da.attrs.get("units", ""))
     if key in HEIGHT_UNITS:
         return True
     if key in GEOPOTENTIAL_UNITS:
         return False
+    standard_name = da.attrs.get("standard_name")
+    if standard_name in GEOPOTENTIAL_STANDARD_NAMES:
+        return standard_name == HEIGHT_STANDARD_NAME
     return name in HEIGHT_NAMES
 
 
 def _pressure_levels(ds: xr.Dataset, where: str, notes: list[str]) -> xr.Dataset:
     ds = _single_member(_time_axis(ds, where), where, notes)
     arrays = []
-    for canon, names in (("t", TEMPERATURE_NAMES), ("z", GEOPOTENTIAL_NAMES)):
-        name = _first(ds, names)
+    for canon, standard_names, names in (
+        ("t", TEMPERATURE_STANDARD_NAMES, TEMPERATURE_NAMES),
+        ("z", GEOPOTENTIAL_STANDARD_NAMES, GEOPOTENTIAL_NAMES),
+    ):
+        name = _find(ds, standard_names, names)
         if name is None:
             continue
         da = _vertical(ds[name], name, where, notes)
@@ -296,11 +313,12 @@ def _pressure_levels(ds: xr.Dataset, where: str, notes: list[str]) -> xr.Dataset
         factor = 1.0
         if canon == "t":
             units = str(da.attrs.get("units", "")).strip()
-            if units and _unit_key(units) not in KELVIN_UNITS:
+            if units and unit_key(units) not in KELVIN_UNITS:
                 attrs["units"] = units  # kept as found: validate refuses it, nothing converts it silently
         elif _is_height(da, name):
             factor = G
             notes.append(f"z: geopotential height '{name}' (gpm) multiplied by g = {G} m s-2")
+            log.info("%s: %s", where, notes[-1])
         converted = _float32(da, factor).rename(canon)
         converted.attrs = attrs
         arrays.append(converted)
@@ -332,7 +350,7 @@ def _statics(ds: xr.Dataset, where: str, notes: list[str]) -> xr.Dataset:
     else:
         geop = _first(ds, SURFACE_GEOPOTENTIAL_NAMES)
         if geop is not None:
-            if _unit_key(ds[geop].attrs.get("units", "m2 s-2")) in HEIGHT_UNITS:
+            if unit_key(ds[geop].attrs.get("units", "m2 s-2")) in HEIGHT_UNITS:
                 fields["orography"] = _float32(ds[geop])
             else:
                 fields["orography"] = _float32(ds[geop], 1.0 / G)
@@ -397,336 +415,3 @@ def _provenance(
     entry = f"{stamp} canonicalised by geodiff {__version__} from {source}"
     attrs["history"] = f"{history}\n{entry}" if history and "geodiff" in history else entry
     return attrs
-
-
-# ---------------------------------------------------------------------------------------------
-# validation
-
-
-def _is_statics_canonical(ds: xr.Dataset) -> bool:
-    return "t" not in ds.data_vars and bool(set(STATICS) & set(map(str, ds.data_vars)))
-
-
-def _describe_times(times: pd.DatetimeIndex, limit: int = 3) -> str:
-    shown = ", ".join(t.strftime("%Y-%m-%dT%H") for t in times[:limit])
-    return shown + (f", ... ({len(times)} in all)" if len(times) > limit else "")
-
-
-def check_times(ds: xr.Dataset, hours: Iterable[int], year: int | None = None, month: int | None = None) -> list[str]:
-    """Problems with the time axis: duplicated times, and times missing from or foreign to the months.
-
-    The expected times are every one of `hours` (UTC) of every day of `year`-`month`,
-    or, without them, of every month the data touches.
-    """
-    times = pd.DatetimeIndex(ds[TIME].values)
-    problems = []
-    duplicated = times[times.duplicated()].unique()
-    if len(duplicated):
-        problems.append(f"duplicated times: {_describe_times(duplicated)}")
-    if year is not None and month is not None:
-        months = [(year, month)]
-    else:
-        months = sorted({(t.year, t.month) for t in times})
-    expected = pd.DatetimeIndex([]) if not months else month_times(*months[0], hours)
-    for y, m in months[1:]:
-        expected = expected.append(month_times(y, m, hours))
-    missing = expected.difference(times)
-    if len(missing):
-        problems.append(f"missing {len(missing)} of {len(expected)} expected times: {_describe_times(missing)}")
-    foreign = times.unique().difference(expected)
-    if len(foreign):
-        problems.append(f"times outside the month or data.hours {sorted(hours)}: {_describe_times(foreign)}")
-    return problems
-
-
-def _check_grid(ds: xr.Dataset, grid: Grid) -> list[str]:
-    lat, lon = ds[LAT].values, ds[LON].values
-    if grid.matches(lat, lon):
-        return []
-
-    def describe(la: np.ndarray, lo: np.ndarray) -> str:
-        if not la.size or not lo.size:
-            return f"{la.size}x{lo.size} points"
-        step = f", spacing {abs(la[1] - la[0]):g} deg" if la.size > 1 else ""
-        return f"{la.size}x{lo.size} points, lat {la.min():g}..{la.max():g}, lon {lo.min():g}..{lo.max():g}{step}"
-
-    return [
-        f"grid does not match the config: file has {describe(lat, lon)}; grid.hr wants cell centres "
-        f"{describe(grid.lat, grid.lon)}"
-    ]
-
-
-def _check_missing_values(ds: xr.Dataset, name: str, allow_nans: bool) -> list[str]:
-    da = ds[name]
-    missing = int(da.isnull().sum())
-    if not missing:
-        return []
-    if missing == da.size:
-        return [f"variable '{name}': all {da.size} values are missing (NaN)"]
-    if allow_nans:
-        log.warning("variable '%s': %d of %d values missing (NaN), accepted (data.allow_nans)", name, missing, da.size)
-        return []
-    position = np.argwhere(da.isnull().values)[0]
-    first = {dim: da[dim].values[int(i)] for dim, i in zip(da.dims, position, strict=True) if dim in da.coords}
-    at = ", ".join(f"{k}={pd.Timestamp(v).strftime('%Y-%m-%dT%H') if k == TIME else v}" for k, v in first.items())
-    return [
-        f"variable '{name}': {missing} of {da.size} values are missing (NaN), first at {at}; "
-        "set data.allow_nans: true to accept gaps"
-    ]
-
-
-def _check_temperature(t: xr.DataArray) -> list[str]:
-    units = str(t.attrs.get("units", "")).strip()
-    key = _unit_key(units)
-    if key in CELSIUS_UNITS:
-        return [
-            f"variable 't' is in degrees Celsius (units '{units}'): GeoDiff needs Kelvin and never converts silently"
-        ]
-    if units and key not in KELVIN_UNITS:
-        return [f"variable 't' has units '{units}', expected K"]
-    if not bool(t.notnull().any()):
-        return []
-    lo, hi = float(t.min()), float(t.max())
-    if lo < T_PLAUSIBLE_K[0] or hi > T_PLAUSIBLE_K[1]:
-        return [
-            f"variable 't' ranges {lo:.1f}..{hi:.1f}, not air temperature in Kelvin "
-            f"(expected within {T_PLAUSIBLE_K[0]:g}..{T_PLAUSIBLE_K[1]:g} K; degrees Celsius?)"
-        ]
-    return []
-
-
-def _check_levels(ds: xr.Dataset, levels: Iterable[float]) -> list[str]:
-    have = np.asarray(ds[LEVEL].values, dtype=np.float64)
-    problems = []
-    duplicated = pd.Index(have)[pd.Index(have).duplicated()]
-    if len(duplicated):
-        problems.append(f"duplicated levels {sorted(duplicated.unique().tolist())} hPa")
-    missing = [float(lvl) for lvl in levels if not np.any(np.isclose(have, float(lvl)))]
-    if missing:
-        listed = ", ".join(f"{h:g}" for h in have) or "none"
-        problems.append(f"missing levels {', '.join(f'{m:g}' for m in missing)} hPa (file has {listed})")
-    return problems
-
-
-def _check_statics(ds: xr.Dataset) -> list[str]:
-    problems = []
-    for name in STATICS:
-        if name not in ds.data_vars:
-            problems.append(f"variable '{name}' is missing (have {sorted(map(str, ds.data_vars))})")
-            continue
-        problems += _check_missing_values(ds, name, allow_nans=False)
-    if "lsm" in ds.data_vars and bool(ds["lsm"].notnull().any()):
-        lo, hi = float(ds["lsm"].min()), float(ds["lsm"].max())
-        if lo < 0.0 or hi > 1.0:
-            problems.append(f"variable 'lsm' ranges {lo:g}..{hi:g}, expected a land fraction in 0..1")
-    if "orography" in ds.data_vars and bool(ds["orography"].notnull().any()):
-        lo, hi = float(ds["orography"].min()), float(ds["orography"].max())
-        if lo < OROGRAPHY_PLAUSIBLE_M[0] or hi > OROGRAPHY_PLAUSIBLE_M[1]:
-            problems.append(f"variable 'orography' ranges {lo:g}..{hi:g}, not a surface altitude in m")
-    return problems
-
-
-def validate(
-    ds: xr.Dataset,
-    config: Mapping[str, Any],
-    path: str | os.PathLike[str] | None,
-    *,
-    year: int | None = None,
-    month: int | None = None,
-) -> None:
-    """Refuse canonical data that GeoDiff cannot use (DESIGN.md section 9).
-
-    Checks: empty data; missing ``t``; missing values (NaN) unless config
-    ``data.allow_nans`` (a field with every value missing is always refused);
-    temperature not in Kelvin, by its units (degC, Celsius, ...) or by its values
-    (outside 100..350 K); duplicated or missing levels against config ``levels``;
-    duplicated, missing or foreign times against config ``data.hours`` for
-    `year`-`month` (or the months the data touches); a grid that is not the
-    config's fine grid ``grid.hr``. Statics: ``orography`` (m) and ``lsm`` (0..1)
-    present, complete and plausible, on the fine grid. Empty, truncated and
-    corrupted files are refused earlier, by `open_any`.
-
-    Raises:
-        DataError: naming `path`, and every problem found with its variable.
-    """
-    where = str(path) if path is not None else "<data>"
-    if not ds.data_vars:
-        raise DataError(f"{where}: empty: no variables")
-    empty = sorted(str(d) for d, n in ds.sizes.items() if n == 0)
-    problems: list[str] = []
-    hr, _ = grids_from_config(dict(config))
-    if _is_statics_canonical(ds):
-        problems += [] if empty else _check_statics(ds)
-    else:
-        allow_nans = bool(config.get("data", {}).get("allow_nans", False))
-        for name in ("t", "z"):
-            if name in ds.data_vars and not empty:
-                problems += _check_missing_values(ds, name, allow_nans)
-        if "t" not in ds.data_vars:
-            problems.append(f"variable 't' (air temperature) is missing (have {sorted(map(str, ds.data_vars))})")
-        elif not empty:
-            problems += _check_temperature(ds["t"])
-        problems += _check_levels(ds, config["levels"])
-        problems += check_times(ds, config["data"]["hours"], year, month)
-    problems += _check_grid(ds, hr)
-    if empty and not problems:
-        problems.append(f"empty: dimensions of size 0: {empty}")
-    if problems:
-        raise DataError(f"{where}: " + "; ".join(problems))
-
-
-# ---------------------------------------------------------------------------------------------
-# files
-
-
-def check_grib(path: str | os.PathLike[str]) -> int:
-    """Number of GRIB messages in a file, reading only their headers; refuse broken messages.
-
-    cfgrib skips a corrupted or truncated message with nothing but a log line, and
-    would hand back a dataset with fields missing; ecCodes' message reader raises
-    on it, which is what this uses.
-
-    Raises:
-        DataError: a message that ecCodes cannot read (wrong length, truncated file), or no message.
-    """
-    import eccodes
-
-    size = os.path.getsize(path)
-    count = 0
-    with open(path, "rb") as f:
-        while True:
-            offset = f.tell()
-            try:
-                handle = eccodes.codes_grib_new_from_file(f, headers_only=True)
-            except eccodes.GribInternalError as err:
-                raise DataError(
-                    f"{path}: corrupted or truncated GRIB: message {count + 1} at byte {offset} of {size} "
-                    f"cannot be read ({err}); cfgrib would skip it silently. Download the file again"
-                ) from err
-            if handle is None:
-                break
-            eccodes.codes_release(handle)
-            count += 1
-    if count == 0:
-        raise DataError(f"{path}: no GRIB message in {size} bytes")
-    return count
-
-
-def _fields_decoded(ds: xr.Dataset) -> int:
-    """Number of 2-D fields (GRIB messages) behind a cfgrib dataset."""
-    horizontal = {"latitude", "longitude", "values", "x", "y"}
-    return sum(
-        int(np.prod([n for d, n in da.sizes.items() if d not in horizontal], dtype=np.int64))
-        for da in ds.data_vars.values()
-    )
-
-
-def _as_hpa_piece(piece: xr.Dataset, where: str) -> xr.Dataset:
-    """A cfgrib dataset with its pressure coordinate (Pa or hPa) as `pressure_level` in hPa."""
-    for name in ("isobaricInhPa", "isobaricInPa"):
-        if name in piece.coords:
-            values, note = _pressure_in_hpa(piece[name], where)
-            attrs = {"units": "hPa"} | ({"geodiff_converted_from": "Pa"} if note else {})
-            if piece[name].ndim == 0:
-                piece = piece.expand_dims(name)
-            return piece.rename({name: "pressure_level"}).assign_coords(
-                pressure_level=("pressure_level", np.atleast_1d(values), attrs)
-            )
-    return piece
-
-
-def _open_grib(path: Path) -> xr.Dataset:
-    from cfgrib.dataset import DatasetBuildError
-
-    messages = check_grib(path)
-    kwargs = {"indexpath": ""}
-    try:
-        try:
-            ds = xr.open_dataset(path, engine="cfgrib", backend_kwargs=kwargs, decode_timedelta=True)
-        except DatasetBuildError as err:
-            # several hypercubes in one file, e.g. levels in hPa (isobaricInhPa) and Pa (isobaricInPa)
-            import cfgrib
-
-            log.warning(
-                "%s: several hypercubes in one file (%s); opening its parts separately",
-                path,
-                str(err).splitlines()[0].rstrip(":, "),
-            )
-            pieces = cfgrib.open_datasets(str(path), backend_kwargs=kwargs, decode_timedelta=True)
-            pieces = [_as_hpa_piece(p, str(path)) for p in pieces]
-            ds = xr.merge(pieces, join="outer", compat="no_conflicts", combine_attrs="drop_conflicts")
-    except DataError:
-        raise
-    except Exception as err:  # ecCodes and cfgrib raise many types for undecodable input
-        raise DataError(f"{path}: cannot decode GRIB: {type(err).__name__}: {err}") from err
-    decoded = _fields_decoded(ds)
-    if decoded != messages:
-        raise DataError(
-            f"{path}: corrupted GRIB: {messages} messages but cfgrib decoded {decoded} fields "
-            "(messages skipped or duplicated)"
-        )
-    return ds
-
-
-def open_any(path: str | os.PathLike[str]) -> xr.Dataset:
-    """Open a NetCDF (3 or 4/HDF5) or GRIB file lazily, telling them apart by their first bytes.
-
-    GRIB goes through cfgrib without writing an index file next to the data, after
-    every message has been checked with ecCodes (`check_grib`).
-
-    Raises:
-        DataError: missing, empty, truncated, corrupted or unrecognised file, naming it.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: file not found")
-    size = p.stat().st_size
-    if size == 0:
-        raise DataError(f"{p}: empty file (0 bytes)")
-    with open(p, "rb") as f:
-        head = f.read(8)
-    if head.startswith(GRIB_MAGIC):
-        return _open_grib(p)
-    if head.startswith(HDF5_MAGIC) or head.startswith(NETCDF3_MAGIC):
-        try:
-            return xr.open_dataset(p, engine="netcdf4", decode_timedelta=True)
-        except Exception as err:
-            raise DataError(f"{p}: cannot open NetCDF, truncated or corrupted ({type(err).__name__}: {err})") from err
-    if head.startswith(ZIP_MAGIC):
-        raise DataError(f"{p}: a zip archive, not NetCDF or GRIB: unpack it first")
-    raise DataError(f"{p}: neither GRIB nor NetCDF (starts with {head!r})")
-
-
-def load(ds: xr.Dataset, where: str) -> xr.Dataset:
-    """Read a lazily opened dataset into memory; a read error (e.g. truncated data) names `where`."""
-    try:
-        return ds.load()
-    except Exception as err:
-        raise DataError(
-            f"{where}: cannot read the data, truncated or corrupted? ({type(err).__name__}: {err})"
-        ) from err
-
-
-def write_netcdf(ds: xr.Dataset, path: str | os.PathLike[str]) -> None:
-    """Write NetCDF-4 atomically: to a temporary name in the same folder, renamed when complete.
-
-    A failure (or a killed job) leaves no file at `path` and no temporary file behind
-    (except after SIGKILL, which leaves only a hidden ``.name.*.tmp``, never `path`).
-    """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.tmp")  # created with the umask's permissions
-    encoding = {
-        str(name): {"zlib": True, "complevel": 1}
-        for name, da in ds.data_vars.items()
-        if np.issubdtype(da.dtype, np.floating)
-    }
-    try:
-        ds.to_netcdf(tmp, mode="w", format="NETCDF4", engine="netcdf4", encoding=encoding)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    log.info("wrote %s", final)

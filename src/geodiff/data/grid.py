@@ -90,7 +90,15 @@ class Grid:
         )
 
 
+def grid_pair(grid_config: dict) -> tuple[Grid, Grid]:
+    """The (hr, lr) grids of a config block `grid`: `hr` itself, and `hr` coarsened by `scale_factor`.
+
+    The one place where the coarse grid is derived from the fine one.
+    """
+    hr = Grid.from_config(grid_config["hr"])
+    return hr, hr.coarsen(int(grid_config["scale_factor"]))
+
+
 def grids_from_config(config: dict) -> tuple[Grid, Grid]:
-    """(hr, lr) grids of a GeoDiff config."""
-    hr = Grid.from_config(config["grid"]["hr"])
-    return hr, hr.coarsen(int(config["grid"]["scale_factor"]))
+    """(hr, lr) grids of a whole GeoDiff config (see :func:`grid_pair`)."""
+    return grid_pair(config["grid"])

@@ -2,39 +2,27 @@
 
 from __future__ import annotations
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from geodiff.constants import STATICS
-
-
-def read_stats(path: str, names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{name: (mean, std)} from a store's `stats/` group."""
-    with h5py.File(path, "r") as f:
-        return {n: (f[f"stats/{n}/mean"][()], f[f"stats/{n}/std"][()]) for n in names}
-
-
-def store_info(path: str) -> dict:
-    """Levels (hPa), prior names, shapes and whether `hr/z` is present."""
-    with h5py.File(path, "r") as f:
-        return {
-            "levels": f["level"][()].astype(np.float64),
-            "priors": sorted(f["priors"].keys()) if "priors" in f else [],
-            "n_samples": f["hr/t"].shape[0],
-            "shape": f["hr/t"].shape[1:],
-            "has_z": "hr/z" in f,
-        }
+from geodiff.data.store import FULL, SampleReader, Window, read_statics, read_stats, store_info
 
 
 class StoreDataset(Dataset):
     """Samples of a store as normalised float32 tensors.
 
     Each item: `lr_up` [1, L, H, W] and `hr` [1, L, H, W] (normalised with the `t` stats),
-    `priors` [P, L, H, W] (each with its own stats), `static` [S, H, W], `index`, and
-    `z` [L, H, W] (m2 s-2, physical) when the store has it. The HDF5 file is opened
-    lazily in each process, so DataLoader workers and DDP ranks each hold their own handle.
+    `hr_mask` [1, L, H, W], `priors` [P, L, H, W] (each with its own stats), `static`
+    [S, H, W], `index`, and `z` [L, H, W] (m2 s-2, physical) when the store has it.
+
+    Missing truth (NaN in `hr/t`, or in `hr/z` when present, kept by the store): `hr_mask`
+    is 1 where the truth is present and 0 where it is missing; there `hr` holds the
+    `lr_up` value, and a missing `z` holds 0. These are placeholders, finite so that no
+    NaN reaches a loss or its gradient: a loss must weight its terms by `hr_mask`. The
+    HDF5 file is opened lazily in each process, so DataLoader workers and DDP ranks each
+    hold their own handle.
     """
 
     def __init__(self, path: str, prior_names: list[str] | None = None, crop: int | None = None):
@@ -45,47 +33,43 @@ class StoreDataset(Dataset):
         if missing:
             raise KeyError(f"{path}: priors {sorted(missing)} are not in the store (has {info['priors']})")
         self.length = info["n_samples"]
+        self.hw = info["shape"][1:]
         self.has_z = info["has_z"]
         self.crop = crop
         stats = read_stats(path, ["t", *self.prior_names, *STATICS])
         self.t_mean, self.t_std = (s[:, None, None] for s in stats["t"])
         self.prior_stats = [tuple(s[:, None, None] for s in stats[n]) for n in self.prior_names]
-        with h5py.File(path, "r") as f:
-            self.static = np.stack([(f[f"static/{n}"][()] - stats[n][0]) / stats[n][1] for n in STATICS]).astype(np.float32)
-        self._file: h5py.File | None = None
+        statics = read_statics(path, list(STATICS))
+        self.static = np.stack([(statics[n] - stats[n][0]) / stats[n][1] for n in STATICS]).astype(np.float32)
+        self._reader = SampleReader(path)
 
     def __len__(self) -> int:
         return self.length
 
-    def _h5(self) -> h5py.File:
-        if self._file is None:
-            self._file = h5py.File(self.path, "r")
-        return self._file
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_file"] = None  # each worker opens its own handle
-        return state
-
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        f = self._h5()
-        window = self._window(f["hr/t"].shape[-2:])
-        hr = (f["hr/t"][(i, slice(None), *window)] - self.t_mean) / self.t_std
-        lr_up = (f["lr_up/t"][(i, slice(None), *window)] - self.t_mean) / self.t_std
-        priors = [(f[f"priors/{n}"][(i, slice(None), *window)] - m) / s for n, (m, s) in zip(self.prior_names, self.prior_stats)]
+        window = self._window()
+        read = self._reader.read
+        hr, lr_up = read("hr/t", i, window), read("lr_up/t", i, window)
+        valid = np.isfinite(hr)
+        if self.has_z:
+            z = read("hr/z", i, window)
+            valid &= np.isfinite(z)
+        hr = np.where(valid, hr, lr_up)
+        priors = [(read(f"priors/{n}", i, window) - m) / s for n, (m, s) in zip(self.prior_names, self.prior_stats)]
         item = {
-            "hr": torch.from_numpy(hr[None].astype(np.float32)),
-            "lr_up": torch.from_numpy(lr_up[None].astype(np.float32)),
+            "hr": torch.from_numpy(((hr - self.t_mean) / self.t_std)[None].astype(np.float32)),
+            "hr_mask": torch.from_numpy(valid[None].astype(np.float32)),
+            "lr_up": torch.from_numpy(((lr_up - self.t_mean) / self.t_std)[None].astype(np.float32)),
             "priors": torch.from_numpy(np.stack(priors).astype(np.float32)) if priors else torch.zeros(0),
             "static": torch.from_numpy(self.static[(slice(None), *window)].copy()),
             "index": torch.tensor(i),
         }
         if self.has_z:
-            item["z"] = torch.from_numpy(f["hr/z"][(i, slice(None), *window)].astype(np.float32))
+            item["z"] = torch.from_numpy(np.where(np.isfinite(z), z, 0.0).astype(np.float32))
         return item
 
-    def _window(self, hw: tuple[int, int]) -> tuple[slice, slice]:
-        if self.crop is None or self.crop >= min(hw):
-            return slice(None), slice(None)
-        y, x = (int(torch.randint(0, n - self.crop + 1, ())) for n in hw)  # torch seeds each worker apart
+    def _window(self) -> Window:
+        if self.crop is None or self.crop >= min(self.hw):
+            return FULL
+        y, x = (int(torch.randint(0, n - self.crop + 1, ())) for n in self.hw)  # torch seeds each worker apart
         return slice(y, y + self.crop), slice(x, x + self.crop)

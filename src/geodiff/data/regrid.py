@@ -77,6 +77,7 @@ import numpy as np
 import xarray as xr
 
 from geodiff import __version__
+from geodiff.atomic import atomic_write
 from geodiff.constants import CF_ATTRS, LAT, LON
 from geodiff.data.grid import Grid
 
@@ -238,7 +239,7 @@ def _xarray_regrid_weights(axis: _Axis, method: str, latitude: bool) -> np.ndarr
     return axis.fold(w_ext, ghosts)
 
 
-def _apply_separable(x: np.ndarray, w_lat: np.ndarray, w_lon_t: np.ndarray) -> np.ndarray:
+def _matmul_separable(x: np.ndarray, w_lat: np.ndarray, w_lon_t: np.ndarray) -> np.ndarray:
     """W_lat · x · W_lonᵀ over the last two axes of x, in the cheaper multiplication order."""
     (n_lat_out, n_lat_in), n_lon_out = w_lat.shape, w_lon_t.shape[1]
     n_lon_in = x.shape[-1]
@@ -246,6 +247,19 @@ def _apply_separable(x: np.ndarray, w_lat: np.ndarray, w_lon_t: np.ndarray) -> n
     if lat_first:
         return np.matmul(np.matmul(w_lat, x), w_lon_t)
     return np.matmul(w_lat, np.matmul(x, w_lon_t))
+
+
+def _apply_separable(x: np.ndarray, w_lat: np.ndarray, w_lon_t: np.ndarray) -> np.ndarray:
+    """W_lat · x · W_lonᵀ, NaN exactly where a target uses a NaN source value (non-zero weight).
+
+    (A plain product would make every target of the slice NaN: 0 · NaN is NaN.)
+    """
+    missing = np.isnan(x)
+    if not missing.any():
+        return _matmul_separable(x, w_lat, w_lon_t)
+    out = _matmul_separable(np.where(missing, 0, x), w_lat, w_lon_t)
+    uses = _matmul_separable(missing.astype(x.dtype), (w_lat != 0).astype(x.dtype), (w_lon_t != 0).astype(x.dtype))
+    return np.where(uses > 0, np.nan, out).astype(x.dtype)
 
 
 class _Separable:
@@ -495,24 +509,23 @@ class Regridder:
             )
         return data.assign_coords({LAT: self.source.lat, LON: self.source.lon})
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the weights (xESMF weight file, or per-axis weights as NetCDF) atomically to `path`."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def save(self, path: str | os.PathLike, attrs: dict) -> None:
+        """Write the weights (xESMF weight file, or per-axis weights as NetCDF) atomically to `path`.
+
+        `attrs` (provenance: ``config_hash``, ...; see :func:`geodiff.provenance.provenance_attrs`)
+        are added to the file's global attributes.
+        """
         attrs = {
             "geodiff_format": FILE_FORMAT,
             "geodiff_version": __version__,
+            **attrs,
             "regrid_method": self.method,
             "regrid_backend": self.backend,
             **_grid_attrs("source", self.source),
             **_grid_attrs("target", self.target),
         }
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_write(path) as tmp:
             self._weights.save(tmp, attrs)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         log.info("regrid weights %s -> %s", self.method, path)
 
     @classmethod

@@ -1,20 +1,30 @@
 """The HDF5 store of one split: what training and evaluation read (DESIGN.md section 3).
 
+This module both writes the store (:func:`build_store`) and reads it (every other
+module goes through the readers below, never through ``h5py`` directly).
+
 Layout: `hr/t`, `hr/z`, `interp/<method>` (the coarse field interpolated back, one per
 method), `lr_up/t` (a hard link to the model's input method) and `priors/<name>` shaped
 [N, L, H, W] in physical units, `static/<name>` [H, W], coordinates `time` (seconds since 1970-01-01),
 `level` (hPa), `lat`, `lon`, and `stats/<var>/{mean,std}` shaped [L] (for `t` and each
-prior) or [1] (statics), always from the train split. One sample per chunk. The file is
-written under a temporary name and renamed when complete.
+prior) or [1] (statics), always from the train split. One sample per chunk. Global
+attributes: `geodiff_version`, `config_hash`, `upsample`, `n_samples`, `scale_factor`,
+`period`. The file is written under a temporary name and renamed when complete
+(:func:`geodiff.atomic.atomic_write`).
+
+Missing values (config ``data.allow_nans``): the truth `hr/t` (and `hr/z`) keeps its
+NaNs, since missing truth stays missing; the statistics skip them (nan-aware mean and
+std per level). The inputs never hold NaN: the coarse field is gap-filled when it is
+made (:func:`geodiff.data.lowres.lowres_dataset`), so `interp/*`, `lr_up/t` and the
+priors computed from them are complete, and :func:`build_store` refuses an input with
+NaN. :class:`geodiff.data.loader.StoreDataset` turns the truth's gaps into a mask.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -23,45 +33,46 @@ import xarray as xr
 from tqdm import tqdm
 
 from geodiff import __version__
-from geodiff.constants import CF_ATTRS, STATICS
+from geodiff.atomic import atomic_write
+from geodiff.constants import CF_ATTRS, LAT, LEVEL, LON, STATICS, TIME
 from geodiff.physics.priors import PRIORS, compute_priors
 
 log = logging.getLogger(__name__)
 
+Window = tuple[slice, slice]
+"""A (lat, lon) window of the fine grid."""
+FULL: Window = (slice(None), slice(None))
+
 
 class RunningStats:
-    """Per-level mean and standard deviation accumulated over [N, L, H, W] batches (float64)."""
+    """Per-level mean and standard deviation accumulated over [N, L, H, W] batches (float64).
+
+    NaN-aware: missing values are skipped, so the result equals ``np.nanmean`` and
+    ``np.nanstd`` (ddof 0) over every axis but the level axis.
+    """
 
     def __init__(self) -> None:
-        self.n = 0
+        self.n: np.ndarray | int = 0  # valid values per level
         self.total: np.ndarray | float = 0.0
         self.total_sq: np.ndarray | float = 0.0
 
     def update(self, x: np.ndarray) -> None:
         axes = tuple(i for i in range(x.ndim) if i != 1)
         x = x.astype(np.float64)
-        self.n += x.size // x.shape[1]
+        valid = np.isfinite(x)
+        x = np.where(valid, x, 0.0)
+        self.n = self.n + valid.sum(axis=axes)
         self.total = self.total + x.sum(axis=axes)
         self.total_sq = self.total_sq + (x**2).sum(axis=axes)
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        mean = self.total / self.n
-        std = np.sqrt(np.maximum(self.total_sq / self.n - mean**2, 0.0))
+    def result(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) per level as float32; raises ValueError naming `name` when a level has no valid value."""
+        n = np.asarray(self.n)
+        if (n == 0).any():
+            raise ValueError(f"stats of {name!r}: level(s) {np.flatnonzero(n == 0).tolist()} have no valid value")
+        mean = self.total / n
+        std = np.sqrt(np.maximum(self.total_sq / n - mean**2, 0.0))
         return mean.astype(np.float32), np.maximum(std, 1e-12).astype(np.float32)
-
-
-@contextmanager
-def atomic_h5(path: str) -> Iterator[h5py.File]:
-    """An HDF5 file written under a temporary name in the same folder, renamed on success."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            yield f
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _appendable(f: h5py.File, name: str, sample_shape: tuple[int, ...], attrs: dict) -> h5py.Dataset:
@@ -86,20 +97,26 @@ def build_store(
     period: dict,
     prior_names: list[str],
     upsample: str,
-    config_digest: str,
     scale_factor: int,
+    attrs: dict,
     stats_from: str | None = None,
 ) -> None:
     """Write the store of one split from its months.
 
     Priors are computed from the upsampled coarse input (never the fine truth).
-    Normalisation stats are accumulated here for the train split, or copied from
-    `stats_from` (the train store) for the others.
+    Normalisation stats are accumulated here for the train split (skipping missing
+    truth), or copied from `stats_from` (the train store) for the others. An
+    interpolated input holding NaN is refused (the regrid stage fills gaps).
+    `attrs` (provenance: ``geodiff_version``, ``config_hash``, ...; see
+    :func:`geodiff.provenance.provenance_attrs`) join the global attributes.
     """
     start, stop = pd.Timestamp(period["start"]), pd.Timestamp(period["end"]) + pd.Timedelta(days=1)
-    statics = xr.open_dataset(statics_path, engine="netcdf4")
     stats = {v: RunningStats() for v in ["t", *prior_names]}
-    with atomic_h5(out_path) as f:
+    with (
+        xr.open_dataset(statics_path, engine="netcdf4") as statics,
+        atomic_write(out_path) as tmp,
+        h5py.File(tmp, "w") as f,
+    ):
         written = 0
         for raw_path, low_path in tqdm(list(zip(raw_paths, lowres_paths)), desc=f"store {Path(out_path).name}", unit="month"):
             with xr.open_dataset(raw_path, engine="netcdf4") as raw, xr.open_dataset(low_path, engine="netcdf4") as low:
@@ -112,7 +129,14 @@ def build_store(
                     _init_layout(f, raw, statics, prior_names, shape, upsamplers(low), upsample)
                 levels = raw["level"].values
                 fields = {"hr/t": raw["t"].values}
-                fields.update({f"interp/{m}": low[f"t_{m}"].values for m in upsamplers(low)})
+                for m in upsamplers(low):
+                    x = low[f"t_{m}"].values
+                    if not np.isfinite(x).all():
+                        raise ValueError(
+                            f"{low_path}: variable 't_{m}' has {int((~np.isfinite(x)).sum())} missing values; "
+                            "the model input must be complete (rerun the regrid rule, which fills gaps)"
+                        )
+                    fields[f"interp/{m}"] = x
                 if "z" in raw:
                     fields["hr/z"] = raw["z"].values
                 priors = compute_priors(fields[f"interp/{upsample}"], levels, prior_names)
@@ -127,11 +151,9 @@ def build_store(
         if written == 0:
             raise ValueError(f"{out_path}: no time in {period['start']}..{period['end']} in {raw_paths}")
         _write_stats(f, stats, statics, stats_from)
-        f.attrs.update(
-            geodiff_version=__version__, config_hash=config_digest, upsample=upsample, n_samples=written,
-            scale_factor=scale_factor,
-            period=f"{period['start']}..{period['end']}",
-        )
+        f.attrs.update(geodiff_version=__version__, upsample=upsample, n_samples=written, scale_factor=scale_factor,
+                       period=f"{period['start']}..{period['end']}")
+        f.attrs.update(attrs)
     log.info("wrote %s: %d samples", out_path, written)
 
 
@@ -168,12 +190,12 @@ def _init_layout(
 
 def _write_stats(f: h5py.File, stats: dict[str, RunningStats], statics: xr.Dataset, stats_from: str | None) -> None:
     if stats_from is not None:
-        with h5py.File(stats_from, "r") as src:
+        with _open(stats_from) as src:
             src.copy(src["stats"], f, "stats")
         f["stats"].attrs["from"] = Path(stats_from).name
         return
     for name, s in stats.items():
-        mean, std = s.result()
+        mean, std = s.result(name)
         f[f"stats/{name}/mean"] = mean
         f[f"stats/{name}/std"] = std
     for name in STATICS:
@@ -181,3 +203,95 @@ def _write_stats(f: h5py.File, stats: dict[str, RunningStats], statics: xr.Datas
         f[f"stats/{name}/mean"] = np.array([x.mean()], np.float32)
         f[f"stats/{name}/std"] = np.array([max(x.std(), 1e-6)], np.float32)
     f["stats"].attrs["from"] = "train split"
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def _open(path: str | os.PathLike[str]) -> h5py.File:
+    """The store at `path`, read-only; a missing or unreadable file raises naming it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such store (the priors rule writes it)")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable HDF5 store ({err})") from err
+
+
+def _dataset(f: h5py.File, name: str) -> h5py.Dataset:
+    if name not in f:
+        raise KeyError(f"{f.filename}: the store has no dataset {name!r}")
+    return f[name]
+
+
+def store_info(path: str | os.PathLike[str]) -> dict:
+    """What a store holds: `levels` (hPa, float64), `priors` (names), `n_samples`, `shape` (L, H, W),
+    `has_z`, and the global attributes `config_hash`, `scale_factor`, `upsample`."""
+    with _open(path) as f:
+        hr = _dataset(f, "hr/t")
+        return {
+            "levels": _dataset(f, "level")[()].astype(np.float64),
+            "priors": sorted(f["priors"].keys()) if "priors" in f else [],
+            "n_samples": hr.shape[0],
+            "shape": hr.shape[1:],
+            "has_z": "hr/z" in f,
+            "config_hash": str(f.attrs.get("config_hash", "")),
+            "scale_factor": int(f.attrs["scale_factor"]),
+            "upsample": str(f.attrs["upsample"]),
+        }
+
+
+def read_stats(path: str | os.PathLike[str], names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{name: (mean, std)} from a store's `stats/` group, each shaped [L] (statics: [1])."""
+    with _open(path) as f:
+        return {n: (_dataset(f, f"stats/{n}/mean")[()], _dataset(f, f"stats/{n}/std")[()]) for n in names}
+
+
+def read_statics(path: str | os.PathLike[str], names: list[str]) -> dict[str, np.ndarray]:
+    """{name: field [H, W]} of `static/<name>` in physical units."""
+    with _open(path) as f:
+        return {n: _dataset(f, f"static/{n}")[()] for n in names}
+
+
+def store_coords(path: str | os.PathLike[str]) -> dict[str, xr.DataArray]:
+    """Canonical coordinates (time, level in hPa, lat, lon in degrees) of a store, with CF attributes."""
+    with _open(path) as f:
+        time = _dataset(f, "time")[()].astype("datetime64[s]").astype("datetime64[ns]")
+        return {
+            TIME: xr.DataArray(time, dims=TIME, attrs={"standard_name": "time", "axis": "T"}),
+            LEVEL: xr.DataArray(_dataset(f, "level")[()].astype(np.float64), dims=LEVEL, attrs=CF_ATTRS[LEVEL]),
+            LAT: xr.DataArray(_dataset(f, "lat")[()], dims=LAT, attrs=CF_ATTRS[LAT]),
+            LON: xr.DataArray(_dataset(f, "lon")[()], dims=LON, attrs=CF_ATTRS[LON]),
+        }
+
+
+def read_field(path: str | os.PathLike[str], name: str) -> xr.DataArray:
+    """A whole [time, level, lat, lon] dataset of a store (e.g. `hr/t`, `interp/bicubic`) in its units."""
+    with _open(path) as f:
+        d = _dataset(f, name)
+        values, attrs = d[()], dict(d.attrs)
+    return xr.DataArray(values, dims=(TIME, LEVEL, LAT, LON), coords=store_coords(path), attrs=attrs)
+
+
+class SampleReader:
+    """Reads single samples of a store; the file opens lazily, once per process.
+
+    Pickling drops the open handle, so DataLoader workers and DDP ranks each open
+    their own.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)  # the store file
+        self._file: h5py.File | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}  # handles of this process, by name
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None, "_datasets": {}}
+
+    def read(self, name: str, index: int, window: Window = FULL) -> np.ndarray:
+        """Sample `index` of dataset `name` (e.g. `hr/t`), [L, h, w] over the (lat, lon) `window`, float32."""
+        if name not in self._datasets:
+            if self._file is None:
+                self._file = _open(self.path)
+            self._datasets[name] = _dataset(self._file, name)
+        return self._datasets[name][(index, slice(None), *window)].astype(np.float32)

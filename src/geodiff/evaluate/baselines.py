@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import torch
 from torch.utils.data import DataLoader
 
 from geodiff.data.loader import StoreDataset
-from geodiff.evaluate.fields import read_field, store_coords, write_prediction
+from geodiff.data.store import read_field, store_coords
+from geodiff.evaluate.fields import write_prediction
 from geodiff.model.networks import load_model
 from geodiff.device import resolve_device
 
@@ -33,8 +35,12 @@ def deterministic_prediction(model_path: str, store_path: str, device: str = "au
     return xr.DataArray(torch.cat(out).numpy(), dims=tuple(coords), coords=coords)
 
 
-def write_baseline(store_path: str, method: str, out_path: str, deterministic_path: str | None = None, device: str = "auto") -> None:
-    """Write one baseline's prediction on a split as CF NetCDF."""
+def write_baseline(
+    store_path: str, method: str, out_path: str, deterministic_path: str | None = None, device: str = "auto",
+    attrs: Mapping[str, str] | None = None,
+) -> None:
+    """Write one baseline's prediction on a split as CF NetCDF; `attrs` (provenance, see
+    `geodiff.provenance.provenance_attrs`) join its global attributes."""
     if method in INTERPOLATIONS:
         t = read_field(store_path, f"interp/{method}")
     elif method == "deterministic" or method.startswith("ablation_"):
@@ -44,4 +50,4 @@ def write_baseline(store_path: str, method: str, out_path: str, deterministic_pa
     else:
         raise ValueError(f"unknown baseline {method!r}: {INTERPOLATIONS + ('deterministic', 'ablation_<name>')}")
     log.info("baseline %s on %s: %d samples", method, store_path, t.sizes["time"])
-    write_prediction(t, method, store_path, out_path)
+    write_prediction(t, method, store_path, out_path, **(attrs or {}))

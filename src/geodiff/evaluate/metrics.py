@@ -1,13 +1,18 @@
 """Verification metrics over named dimensions with cos(latitude) area weights.
 
-Every function takes forecasts and truth as xarray objects with canonical dims and
-reduces over `dims` (default: every dim but `level`), weighting by cos(lat). Ensembles
-carry a `member` dim. Reference: WeatherBench 2 (Rasp et al. 2024).
+Every metric takes a forecast (an ensemble carries a `member` dim) and the truth as
+xarray objects with canonical dims, and reduces over `dims` (default: every dim but
+`level` and `member`), weighting each point by cos(lat). Where the truth is missing
+(NaN, `data.allow_nans`) a point gets weight zero and the mean is normalised by the
+weights of the points present; with no point present the metric is NaN. A NaN of the
+forecast where the truth is present propagates, so a broken forecast never scores well.
+Definitions and style follow WeatherBench 2 (Rasp et al. 2024, JAMES 16, e2023MS004019).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import xarray as xr
@@ -16,10 +21,13 @@ from geodiff.constants import LAT, LEVEL, LON
 from geodiff.physics import thermo
 
 MEMBER = "member"
+"""Ensemble member dimension."""
+WAVENUMBER = "wavenumber"
+"""Radial wavenumber dimension of spectra, cycles per box."""
 
 
 def area_weights(lat: xr.DataArray) -> xr.DataArray:
-    """cos(lat) normalised to mean 1 over the latitudes given."""
+    """Area weights w = cos(lat) / mean cos(lat) over the latitudes given, 1."""
     w = np.cos(np.deg2rad(lat))
     return w / w.mean()
 
@@ -28,125 +36,166 @@ def _reduce_dims(x: xr.DataArray, dims: Sequence[str] | None) -> list[str]:
     return [d for d in x.dims if d not in (LEVEL, MEMBER)] if dims is None else list(dims)
 
 
-def weighted_mean(x: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:
-    """Area-weighted mean over `dims`: Σ w x / Σ w with w = cos(lat)."""
-    return x.weighted(area_weights(x[LAT])).mean(_reduce_dims(x, dims))
+def weighted_mean(x: xr.DataArray, valid: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:
+    """Area-weighted mean of `x` over `dims` and the points where `valid`, in the units of `x`.
+
+    x̄ = Σ w x / Σ w with w = cos(lat) · 1[valid]; NaN where no point is valid. A NaN of
+    `x` at a valid point propagates.
+    """
+    w = (area_weights(x[LAT]) * valid).broadcast_like(x)
+    dims = _reduce_dims(x, dims)
+    total = (w * x.where(valid, 0.0)).sum(dims, skipna=False)
+    weight = w.sum(dims)
+    return total / weight.where(weight > 0)
 
 
 def bias(forecast: xr.DataArray, truth: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:
-    """Mean error  E[ŷ − y], K."""
-    return weighted_mean(forecast - truth, dims)
+    """Mean error  Σ w (ŷ − y) / Σ w, K."""
+    return weighted_mean(forecast - truth, truth.notnull(), dims)
 
 
 def mae(forecast: xr.DataArray, truth: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:
-    """Mean absolute error  E|ŷ − y|, K."""
-    return weighted_mean(abs(forecast - truth), dims)
+    """Mean absolute error  Σ w |ŷ − y| / Σ w, K."""
+    return weighted_mean(abs(forecast - truth), truth.notnull(), dims)
 
 
 def rmse(forecast: xr.DataArray, truth: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:
-    """Root-mean-square error  √E[(ŷ − y)²], K."""
-    return np.sqrt(weighted_mean((forecast - truth) ** 2, dims))
+    """Root-mean-square error  √(Σ w (ŷ − y)² / Σ w), in the units of the fields."""
+    return np.sqrt(weighted_mean((forecast - truth) ** 2, truth.notnull(), dims))
 
 
 def crps_skill(ensemble: xr.DataArray, truth: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:
-    """Skill part of the CRPS:  E[1/M Σᵢ |xᵢ − y|], K."""
-    return weighted_mean(abs(ensemble - truth).mean(MEMBER), dims)
+    """Skill part of the CRPS  E[1/M Σᵢ |xᵢ − y|], K."""
+    return weighted_mean(abs(ensemble - truth).mean(MEMBER, skipna=False), truth.notnull(), dims)
 
 
-def crps_spread(ensemble: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:
-    """Fair spread part:  E[1/(M(M−1)) Σᵢⱼ |xᵢ − xⱼ|], K.
+def _pair_spread(x: np.ndarray) -> np.ndarray:
+    """1/(M(M−1)) Σᵢⱼ |xᵢ − xⱼ| over the last axis of `x` (M ≥ 2 members).
 
-    Computed in O(M log M) from the sorted members: Σᵢⱼ|xᵢ − xⱼ| = 2 Σₖ (2k − M + 1) x₍ₖ₎
-    (k = 0..M−1 over the ascending order statistics).
+    From the ascending order statistics: Σᵢⱼ |xᵢ − xⱼ| = 2 Σₖ (2k − M + 1) x₍ₖ₎, k = 0..M−1,
+    in O(M log M) instead of O(M²).
     """
-    m = ensemble.sizes[MEMBER]
-    if m < 2:
-        raise ValueError("the fair CRPS spread needs an ensemble of two or more members")
-    axis = ensemble.get_axis_num(MEMBER)
-    ranked = np.sort(ensemble.values, axis=axis)
-    shape = [1] * ranked.ndim
-    shape[axis] = m
-    coef = (2 * np.arange(m) - m + 1).reshape(shape)
-    pair_sum = 2 * (coef * ranked).sum(axis=axis)
-    spread = xr.DataArray(pair_sum / (m * (m - 1)), dims=[d for d in ensemble.dims if d != MEMBER],
-                          coords={k: v for k, v in ensemble.coords.items() if MEMBER not in v.dims})
-    return weighted_mean(spread, dims)
+    m = x.shape[-1]
+    return 2 * (np.sort(x, axis=-1) * (2 * np.arange(m) - m + 1)).sum(axis=-1) / (m * (m - 1))
+
+
+def crps_spread(ensemble: xr.DataArray, truth: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:
+    """Fair spread part  E[1/(M(M−1)) Σᵢⱼ |xᵢ − xⱼ|] over the points where the truth is present, K.
+
+    An ensemble of one member has no pair: its spread is 0, so its CRPS is its MAE, the
+    CRPS of a point forecast (as in WeatherBench 2).
+    """
+    if ensemble.sizes[MEMBER] < 2:
+        spread = xr.zeros_like(ensemble.isel({MEMBER: 0}, drop=True))
+    else:
+        spread = xr.apply_ufunc(_pair_spread, ensemble, input_core_dims=[[MEMBER]])
+    return weighted_mean(spread, truth.notnull(), dims)
 
 
 def crps_fair(ensemble: xr.DataArray, truth: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:
     """Fair CRPS = skill − ½ spread = 1/M Σ|xᵢ − y| − 1/(2M(M−1)) Σᵢⱼ|xᵢ − xⱼ|, K (Ferro 2014)."""
-    return crps_skill(ensemble, truth, dims) - 0.5 * crps_spread(ensemble, dims)
+    return crps_skill(ensemble, truth, dims) - 0.5 * crps_spread(ensemble, truth, dims)
 
 
 def spread_skill_ratio(ensemble: xr.DataArray, truth: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:
-    """√((M+1)/M) · spread / RMSE(mean), with spread = √(E[var_members]) (unbiased variance).
+    """√((M+1)/M) · spread / RMSE(ensemble mean), 1, with spread = √(E[s²]), s² the unbiased member variance.
 
-    1 for a statistically consistent ensemble (Fortin et al. 2014).
+    1 for a statistically consistent ensemble (Fortin et al. 2014); needs M ≥ 2.
     """
     m = ensemble.sizes[MEMBER]
-    spread = np.sqrt(weighted_mean(ensemble.var(MEMBER, ddof=1), dims))
-    return np.sqrt((m + 1) / m) * spread / rmse(ensemble.mean(MEMBER), truth, dims)
+    if m < 2:
+        raise ValueError(f"the spread-skill ratio needs an ensemble of two or more members, got {m}")
+    spread = np.sqrt(weighted_mean(ensemble.var(MEMBER, ddof=1, skipna=False), truth.notnull(), dims))
+    return np.sqrt((m + 1) / m) * spread / rmse(ensemble.mean(MEMBER, skipna=False), truth, dims)
 
 
-def _levels_last3(t: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
-    """Values as [..., level, lat, lon] and the level pressures, hPa."""
-    return t.transpose(..., LEVEL, LAT, LON).values, t[LEVEL].values
+def _along_levels(fn: Callable[[np.ndarray, np.ndarray], np.ndarray], t: xr.DataArray) -> xr.DataArray:
+    """`fn(values, p)` applied to every column of `t` (levels last, p in hPa), dims in the order of `t`.
+
+    A missing level makes NaN every value computed from it, so the points it touches drop
+    out of the metrics below.
+    """
+    return xr.apply_ufunc(fn, t, t[LEVEL], input_core_dims=[[LEVEL], [LEVEL]], output_core_dims=[[LEVEL]]).transpose(*t.dims)
 
 
-def _physics_field(t: xr.DataArray, values: np.ndarray) -> xr.DataArray:
-    return xr.DataArray(values, dims=t.transpose(..., LEVEL, LAT, LON).dims, coords=t.transpose(..., LEVEL, LAT, LON).coords)
+def height_field(t: xr.DataArray) -> xr.DataArray:
+    """Heights Z of the levels above the first one, m, from the hypsometric equation of `t` itself.
+
+    Z₀ = 0, Z_{k+1} = Z_k + (R_d T̄_k / g) ln(p_k / p_{k+1}) (DESIGN.md section 5).
+    """
+    return _along_levels(lambda v, p: thermo.hypsometric_height(v, p, axis=-1), t)
 
 
 def lapse_rate_field(t: xr.DataArray) -> xr.DataArray:
-    """Γ = −∂T/∂Z, K km-1, heights from the hypsometric equation of `t` itself."""
-    values, p = _levels_last3(t)
-    return _physics_field(t, thermo.lapse_rate(values, thermo.hypsometric_height(values, p), axis=-3))
+    """Lapse rate Γ = −∂T/∂Z, K km-1, heights Z from `height_field`."""
+    return _along_levels(lambda v, p: thermo.lapse_rate(v, thermo.hypsometric_height(v, p, axis=-1), axis=-1), t)
+
+
+def stability_field(t: xr.DataArray) -> xr.DataArray:
+    """Static stability σ = −(R_d T / p) ∂ln θ/∂p, J kg-1 Pa-2 (MetPy's definition, Bluestein 1992, eq. 4.3.6)."""
+    return _along_levels(lambda v, p: thermo.static_stability(v, p, axis=-1), t)
 
 
 def lapse_rate_rmse(forecast: xr.DataArray, truth: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:
-    """RMSE of the lapse rate Γ(ŷ) against Γ(y), K km-1."""
+    """RMSE of the lapse rate  √(Σ w (Γ(ŷ) − Γ(y))² / Σ w), K km-1."""
     return rmse(lapse_rate_field(forecast), lapse_rate_field(truth), dims)
 
 
 def spurious_instability(forecast: xr.DataArray, truth: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:
-    """Fraction of points with σ(ŷ) < 0 where σ(y) ≥ 0 (static stability, MetPy's definition), 1."""
-    (f, p), (y, _) = _levels_last3(forecast), _levels_last3(truth)
-    spurious = (thermo.static_stability(f, p) < 0) & (thermo.static_stability(y, p) >= 0)
-    return weighted_mean(_physics_field(forecast, spurious.astype(np.float64)), dims)
+    """Fraction of the statically stable truth points where the forecast is unstable, 1.
+
+    F = Σ w 1[σ(ŷ) < 0] 1[σ(y) ≥ 0] / Σ w 1[σ(y) ≥ 0], σ from `stability_field`; NaN
+    where σ(y) ≥ 0 nowhere.
+    """
+    sigma_hat, sigma = stability_field(forecast), stability_field(truth)
+    return weighted_mean((sigma_hat < 0).where(sigma_hat.notnull()), sigma >= 0, dims)
 
 
 def thickness_error(forecast: xr.DataArray, truth: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:
-    """RMSE of the 1000-to-top thickness from the hypsometric equation, m."""
-    (f, p), (y, _) = _levels_last3(forecast), _levels_last3(truth)
-    dims2 = [d for d in forecast.transpose(..., LEVEL, LAT, LON).dims if d != LEVEL]
-    coords = {k: v for k, v in forecast.coords.items() if LEVEL not in v.dims}
-    total = thermo.layer_thickness(f, p).sum(axis=-3) - thermo.layer_thickness(y, p).sum(axis=-3)
-    err = xr.DataArray(total, dims=dims2, coords=coords)
-    return np.sqrt(weighted_mean(err**2, dims))
+    """RMSE of the thickness between the first and the last level, m.
 
-
-def radial_power(x: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean 2-D power spectrum over lat/lon binned by integer radial wavenumber k (cycles per box).
-
-    Returns (k, power[..., k]) with all non-horizontal dims kept but `time`/`member` averaged.
+    ΔZ = Σ_k (R_d T̄_k / g) ln(p_k / p_{k+1}) (hypsometric equation), the top of `height_field`;
+    a column with a missing truth level is left out.
     """
-    values = x.transpose(..., LAT, LON).values
-    h, w = values.shape[-2:]
-    spec = np.abs(np.fft.fft2(values - values.mean(axis=(-2, -1), keepdims=True))) ** 2
-    k = np.rint(np.hypot(*np.meshgrid(np.fft.fftfreq(h) * h, np.fft.fftfreq(w) * w, indexing="ij"))).astype(int)
-    kmax = min(h, w) // 2
-    flat = spec.reshape(-1, h * w)
-    power = np.stack([flat[:, (k == i).ravel()].sum(axis=1) for i in range(1, kmax + 1)], axis=1)
-    return np.arange(1, kmax + 1), power.mean(axis=0)
+    top = {LEVEL: -1}
+    return rmse(height_field(forecast).isel(top, drop=True), height_field(truth).isel(top, drop=True), dims)
+
+
+def radial_power(x: xr.DataArray) -> xr.DataArray:
+    """Power spectrum of every lat-lon field of `x`, binned by radial wavenumber, in the units of `x` squared.
+
+    P(k) = Σ |X̂(k_y, k_x)|² / (n_lat n_lon)² over the modes with round(√(k_y² + k_x²)) = k,
+    X̂ the 2-D DFT, wavenumbers in cycles per box, k = 1..min(n_lat, n_lon) // 2 (Parseval:
+    the sum over all modes is the mean of x²). `lat` and `lon` become `wavenumber`, every
+    other dim is kept; a field with a NaN has NaN power.
+    """
+    h, w = x.sizes[LAT], x.sizes[LON]
+    k_y, k_x = np.meshgrid(np.fft.fftfreq(h) * h, np.fft.fftfreq(w) * w, indexing="ij")
+    wavenumber = np.arange(1, min(h, w) // 2 + 1)
+    bins = (np.rint(np.hypot(k_y, k_x)).reshape(-1, 1) == wavenumber).astype(np.float64)  # [mode, k]
+
+    def power(values: np.ndarray) -> np.ndarray:
+        spectrum = np.abs(np.fft.fft2(values)) ** 2 / (h * w) ** 2
+        return spectrum.reshape(*spectrum.shape[:-2], h * w) @ bins
+
+    spectra = xr.apply_ufunc(power, x, input_core_dims=[[LAT, LON]], output_core_dims=[[WAVENUMBER]])
+    return spectra.assign_coords({WAVENUMBER: wavenumber})
 
 
 def small_scale_power_ratio(forecast: xr.DataArray, truth: xr.DataArray, scale_factor: int) -> float:
     """Predicted over true power at wavelengths shorter than the coarse grid length, 1.
 
-    The coarse grid length is `scale_factor` fine cells: wavenumbers k > n / scale_factor.
+    R = Σ_f Σ_{k > n/s} P̂_f(k) / Σ_f Σ_{k > n/s} P_f(k) (`radial_power`) over the fields f
+    (time, level) whose truth is complete; n = min(n_lat, n_lon) and the coarse grid length
+    is s = `scale_factor` fine cells. NaN when no field is complete.
     """
-    k, pf = radial_power(forecast)
-    _, py = radial_power(truth)
     n = min(truth.sizes[LAT], truth.sizes[LON])
-    small = k > n / scale_factor
-    return float(pf[small].sum() / py[small].sum())
+
+    def small_scale(x: xr.DataArray) -> xr.DataArray:
+        power = radial_power(x)
+        return power.isel({WAVENUMBER: power[WAVENUMBER].values > n / scale_factor}).sum(WAVENUMBER, skipna=False)
+
+    p_hat, p = small_scale(forecast), small_scale(truth)
+    complete = p.notnull()
+    total = float(p.where(complete, 0.0).sum())
+    return float(p_hat.where(complete, 0.0).sum(skipna=False)) / total if total > 0 else math.nan

@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from geodiff.constants import LAT, LEVEL, LON  # noqa: E402
-from geodiff.evaluate.metrics import MEMBER, radial_power  # noqa: E402
+from geodiff.constants import LAT, LEVEL, LON, TIME  # noqa: E402
+from geodiff.evaluate.metrics import MEMBER, WAVENUMBER, radial_power  # noqa: E402
 
 
 def plot_maps(truth: xr.DataArray, lr_up: xr.DataArray, ensemble: xr.DataArray, path: Path, level_index: int = 0) -> None:
@@ -53,11 +53,11 @@ def plot_profiles(table: pd.DataFrame, path: Path, metric: str = "rmse") -> None
 
 
 def plot_spectra(truth: xr.DataArray, predictions: dict[str, xr.DataArray], path: Path, level_index: int = 0) -> None:
-    """Radially binned horizontal power spectra at one level."""
+    """Radially binned horizontal power spectra at one level, averaged over time (fields with missing truth skipped)."""
     fig, ax = plt.subplots(figsize=(5, 4), constrained_layout=True)
     for name, field in {"truth": truth, **predictions}.items():
-        k, power = radial_power(field.isel({LEVEL: level_index}))
-        ax.loglog(k, power, label=name)
+        power = radial_power(field.isel({LEVEL: level_index})).mean(TIME)
+        ax.loglog(power[WAVENUMBER], power, label=name)
     ax.set_xlabel("wavenumber (cycles per box)")
     ax.set_ylabel("power (K²)")
     ax.legend(fontsize=8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -11,13 +12,23 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from geodiff.data.loader import StoreDataset
-from geodiff.evaluate.fields import store_coords, write_prediction
+from geodiff.data.store import store_coords
+from geodiff.evaluate.fields import write_prediction
 from geodiff.evaluate.metrics import MEMBER
-from geodiff.model.edm import sample_ensemble
+from geodiff.model.edm import SAMPLERS, sample_ensemble
 from geodiff.model.networks import load_model
 from geodiff.device import bf16_autocast, resolve_device
 
 log = logging.getLogger(__name__)
+
+MIN_MEMBERS = 2
+"""Fewest members an ensemble may have: its spread and fair CRPS need two."""
+
+
+def check_members(members: int) -> None:
+    """Refuse an ensemble size nothing can score (fewer than :data:`MIN_MEMBERS`)."""
+    if members < MIN_MEMBERS:
+        raise ValueError(f"ensemble members must be >= {MIN_MEMBERS} (spread and fair CRPS need two), got {members}")
 
 
 @torch.no_grad()
@@ -32,11 +43,14 @@ def ensemble_prediction(
     device: str = "auto",
     batch_size: int = 8,
     limit: int | None = None,
-    space: str = "scaled",
+    sampler: str = "scaled",
 ) -> xr.DataArray:
     """Temperature ensemble [member, time, level, lat, lon], K (first `limit` samples if given).
 
-    `space` is the sampler's (see :func:`geodiff.model.edm.edm_sampler`)."""
+    `sampler` names one of :data:`geodiff.model.edm.SAMPLERS`; at least two `members`."""
+    check_members(members)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: one of {sorted(SAMPLERS)}")
     device = resolve_device(device, 0)
     deterministic = load_model(deterministic_path, device).eval()
     residual = load_model(residual_path, device).eval()
@@ -50,8 +64,8 @@ def ensemble_prediction(
         det = deterministic(batch["lr_up"], batch["static"], batch["priors"])
         cond = residual.condition(det, batch)
         with bf16_autocast(device):  # the residual network only: ŷ stays the float32 deterministic baseline
-            draws = sample_ensemble(residual, cond, batch["priors"], members, num_steps=steps,
-                                    S_churn=s_churn, generator=generator, space=space)
+            draws = sample_ensemble(residual, cond, batch["priors"], members, sampler, num_steps=steps,
+                                    S_churn=s_churn, generator=generator)
         draws = residual.unscale(draws)
         out.append(deterministic.denormalise((det.unsqueeze(0) + draws)[:, :, 0]).cpu())
     coords = store_coords(store_path)
@@ -62,9 +76,13 @@ def ensemble_prediction(
 
 def write_ensemble(
     store_path: str, deterministic_path: str, residual_path: str, out_path: str, members: int,
-    steps: int = 18, s_churn: float = 0.0, seed: int = 0, device: str = "auto",
+    steps: int = 18, s_churn: float = 0.0, seed: int = 0, device: str = "auto", sampler: str = "scaled",
+    attrs: Mapping[str, str] | None = None,
 ) -> None:
-    """Sample the ensemble on a split and write it as CF NetCDF."""
-    t = ensemble_prediction(store_path, deterministic_path, residual_path, members, steps, s_churn, seed, device)
-    log.info("ensemble of %d members, %d samples, %d sampler steps", members, t.sizes["time"], steps)
-    write_prediction(t, "geodiff", store_path, out_path, members=members, sampler_steps=steps, s_churn=s_churn)
+    """Sample the ensemble (at least two members) on a split and write it as CF NetCDF; `attrs`
+    (provenance, see `geodiff.provenance.provenance_attrs`) join its global attributes."""
+    t = ensemble_prediction(store_path, deterministic_path, residual_path, members, steps, s_churn, seed, device,
+                            sampler=sampler)
+    log.info("ensemble of %d members, %d samples, %s sampler, %d steps", members, t.sizes["time"], sampler, steps)
+    write_prediction(t, "geodiff", store_path, out_path, **(attrs or {}), members=members, sampler=sampler, sampler_steps=steps,
+                     s_churn=s_churn)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
-import h5py
 import pandas as pd
 import xarray as xr
 
 from geodiff.constants import LEVEL
+from geodiff.data.store import read_field, store_info
 from geodiff.evaluate import metrics as m
-from geodiff.evaluate.fields import read_field
 from geodiff.evaluate.plots import write_figures
 
 log = logging.getLogger(__name__)
@@ -22,10 +22,13 @@ POINT_METRICS = {"rmse": m.rmse, "mae": m.mae, "bias": m.bias, "lapse_rate_rmse"
 ENSEMBLE_METRICS = {"crps": m.crps_fair, "spread_skill": m.spread_skill_ratio}
 
 
-def _rows(method: str, metric: str, per_level: xr.DataArray, overall: float) -> list[dict]:
+def _rows(method: str, metric: str, fn: Callable[..., xr.DataArray], forecast: xr.DataArray, truth: xr.DataArray) -> list[dict]:
+    """Rows of one metric: per level, and "all" pooled over every level's points."""
+    per_level = fn(forecast, truth)
     rows = [dict(method=method, variable="t", level=str(int(lev)), metric=metric, value=float(v))
             for lev, v in zip(per_level[LEVEL].values, per_level.values)]
-    return rows + [dict(method=method, variable="t", level="all", metric=metric, value=float(overall))]
+    overall = float(fn(forecast, truth, dims=list(truth.dims)))
+    return rows + [dict(method=method, variable="t", level="all", metric=metric, value=overall)]
 
 
 def method_rows(method: str, forecast: xr.DataArray, truth: xr.DataArray, scale_factor: int) -> list[dict]:
@@ -34,16 +37,9 @@ def method_rows(method: str, forecast: xr.DataArray, truth: xr.DataArray, scale_
     Its "crps" is that of a one-member ensemble, which equals its MAE, so every method
     can be ranked against the GeoDiff ensemble on CRPS.
     """
-    rows = []
-    crps = m.crps_skill(forecast.expand_dims({m.MEMBER: 1}), truth)
-    rows += _rows(method, "crps", crps, float(crps.mean()))
+    rows = _rows(method, "crps", m.crps_fair, forecast.expand_dims({m.MEMBER: 1}), truth)
     for name, fn in POINT_METRICS.items():
-        per_level = fn(forecast, truth)
-        if name in ("rmse", "lapse_rate_rmse"):
-            overall = float(((per_level**2).mean()) ** 0.5)
-        else:
-            overall = float(per_level.mean())
-        rows += _rows(method, name, per_level, overall)
+        rows += _rows(method, name, fn, forecast, truth)
     rows.append(dict(method=method, variable="t", level="all", metric="thickness_rmse", value=float(m.thickness_error(forecast, truth))))
     rows.append(dict(method=method, variable="t", level="all", metric="small_scale_power_ratio",
                      value=m.small_scale_power_ratio(forecast, truth, scale_factor)))
@@ -52,13 +48,7 @@ def method_rows(method: str, forecast: xr.DataArray, truth: xr.DataArray, scale_
 
 def ensemble_rows(method: str, ensemble: xr.DataArray, truth: xr.DataArray) -> list[dict]:
     """CRPS and spread-skill rows of an ensemble per level and overall."""
-    rows = []
-    crps = m.crps_fair(ensemble, truth)
-    rows += _rows(method, "crps", crps, float(crps.mean()))
-    ssr = m.spread_skill_ratio(ensemble, truth)
-    overall = float(m.spread_skill_ratio(ensemble, truth, dims=list(d for d in ensemble.dims if d != m.MEMBER)))
-    rows += _rows(method, "spread_skill", ssr, overall)
-    return rows
+    return [row for name, fn in ENSEMBLE_METRICS.items() for row in _rows(method, name, fn, ensemble, truth)]
 
 
 def metric_table(truth: xr.DataArray, predictions: dict[str, xr.DataArray], ensemble: xr.DataArray | None, scale_factor: int) -> pd.DataFrame:
@@ -77,8 +67,7 @@ def write_tables(store_path: str, ensemble_path: str, baseline_paths: list[str],
                  by_level_path: str, figures_dir: str) -> pd.DataFrame:
     """Compute every metric on the split and write metrics.csv, metrics_by_level.csv and figures."""
     truth = read_field(store_path, "hr/t")
-    with h5py.File(store_path, "r") as f:
-        scale_factor = int(f.attrs["scale_factor"])
+    scale_factor = store_info(store_path)["scale_factor"]
     predictions = {}
     for path in baseline_paths:
         with xr.open_dataset(path, engine="netcdf4") as ds:

@@ -14,14 +14,11 @@ Shapes: x, y, r are [B, 1, L, H, W]; cond is [B, C_cond, L, H, W]; priors
 from __future__ import annotations
 
 import copy
-import logging
 import math
 from typing import Any
 
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 
 class EDMPrecond(nn.Module):
@@ -94,12 +91,75 @@ def edm_time_steps(
     return torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
 
 
-SAMPLER_SPACES = ("scaled", "edm")
-"""Variables the sampler integrates in: see :func:`edm_sampler`."""
+def _sampler_parts(D: nn.Module, cond: torch.Tensor, priors: torch.Tensor | None, shape: tuple[int, ...] | None,
+                   generator: torch.Generator | None, num_steps: int, sigma_min: float, sigma_max: float, rho: float):
+    """What both samplers start from: the eq. 5 time steps (σmin, σmax clipped to D's range when D
+    has one), float64 N(0, I) draws of `shape` (default [B, 1, L, H, W] from `cond`) and D(x; t)
+    in float64 (called in the dtype of `cond`)."""
+    shape = tuple(shape) if shape is not None else (cond.shape[0], 1, *cond.shape[2:])
+    sigma_min = max(sigma_min, getattr(D, "sigma_min", sigma_min))
+    sigma_max = min(sigma_max, getattr(D, "sigma_max", sigma_max))
+    t_steps = edm_time_steps(num_steps, sigma_min, sigma_max, rho, device=cond.device)
+
+    def randn() -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=cond.device, dtype=torch.float64)
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return D(x.to(cond.dtype), t.to(cond.dtype), cond, priors).double()
+
+    return t_steps, randn, denoise
+
+
+def _increase_noise(x_cur: torch.Tensor, t_cur: torch.Tensor, num_steps: int, S_churn: float, S_min: float,
+                    S_max: float, S_noise: float, randn) -> tuple[torch.Tensor, torch.Tensor]:
+    """EDM Algorithm 2, lines 4-6: t̂ = (1 + γ) t with γ = min(S_churn/N, √2 − 1) for t in [S_min, S_max],
+    x̂ = x + √(t̂² − t²) S_noise ε (no draw when γ = 0)."""
+    gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0.0
+    t_hat = t_cur + gamma * t_cur
+    x_hat = x_cur + (t_hat**2 - t_cur**2).sqrt() * S_noise * randn() if gamma > 0 else x_cur
+    return x_hat, t_hat
 
 
 @torch.no_grad()
 def edm_sampler(
+    D: nn.Module,  # denoiser D(x; σ, cond, priors), with optional sigma_min/sigma_max attributes
+    cond: torch.Tensor,  # conditioning [B, C, L, H, W]; its dtype is the dtype D is called in
+    priors: torch.Tensor | None = None,  # physics priors [B, P, L, H, W]
+    num_steps: int = 18,  # N, the number of noise levels t_0 > ... > t_{N-1} (t_N = 0)
+    sigma_min: float = 0.002,  # t_{N-1}, clipped to D's range
+    sigma_max: float = 80.0,  # t_0, clipped to D's range
+    rho: float = 7.0,  # ρ of the eq. 5 schedule
+    S_churn: float = 0.0,  # total stochasticity; 0 gives the deterministic ODE sampler
+    S_min: float = 0.0,  # churn only for t in [S_min, S_max]
+    S_max: float = math.inf,
+    S_noise: float = 1.0,  # standard deviation of the added noise, relative to √(t̂² − t²)
+    generator: torch.Generator | None = None,  # source of every random draw
+    shape: tuple[int, ...] | None = None,  # shape of x (default [B, 1, L, H, W] from cond)
+) -> torch.Tensor:
+    """EDM's stochastic Heun sampler (Algorithm 2) on the eq. 5 schedule: x against t, t = σ.
+
+    Integrates the probability-flow ODE dx/dt = (x − D(x; t))/t from t_0 = σmax to t_N = 0
+    with Heun's 2nd-order rule, the last step (to t = 0) by Euler. Returns x_0 of `shape`
+    in the dtype of `cond`; the state is kept in float64.
+    """
+    t_steps, randn, denoise = _sampler_parts(D, cond, priors, shape, generator, num_steps, sigma_min, sigma_max, rho)
+
+    # Algorithm 2 (Karras et al. 2022): Heun's 2nd-order method with stochastic churn.
+    x_next = randn() * t_steps[0]
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        x_hat, t_hat = _increase_noise(x_next, t_cur, num_steps, S_churn, S_min, S_max, S_noise, randn)
+        # Euler step.
+        d_cur = (x_hat - denoise(x_hat, t_hat)) / t_hat
+        x_next = x_hat + (t_next - t_hat) * d_cur
+        # 2nd-order correction, except on the last step (t_next = 0).
+        if i < num_steps - 1:
+            d_prime = (x_next - denoise(x_next, t_next)) / t_next
+            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+    return x_next.to(cond.dtype)
+
+
+@torch.no_grad()
+def scaled_sampler(
     D: nn.Module,
     cond: torch.Tensor,
     priors: torch.Tensor | None = None,
@@ -113,94 +173,58 @@ def edm_sampler(
     S_noise: float = 1.0,
     generator: torch.Generator | None = None,
     shape: tuple[int, ...] | None = None,
-    space: str = "scaled",
 ) -> torch.Tensor:
-    """Heun 2nd-order sampler with stochastic churn (EDM Algorithm 2) on the eq. 5 schedule.
+    """GeoDiff's default: Heun steps in the scaled variables y = c_in(t) x against u = ln t.
 
-    The probability-flow ODE dx/dt = (x − D(x; t))/t runs from t_0 = σmax to t_N = 0.
-    `space` picks the variables Heun's rule is applied in:
-
-    * ``"edm"``: x against t, as in EDM Algorithm 2.
-    * ``"scaled"`` (default): y = c_in(t) x = x/√(t² + σd²) against u = ln t, where the
-      same ODE reads dy/du = c_in(t) (c_skip(t) x − D(x; t)) = −c_in c_out F. The data
-      part the network has not explained is all that moves y, so for data near
-      N(μ, σd²) the steps are nearly exact: with the exact denoiser of N(μ, s²), 18
-      steps give the variance within 1 % for s in [0.3, 2] σd, where "edm" is 7-13 %
-      high (tests/test_edm.py). The last step, to t = 0, is x_0 = D(x; t_{N−1}) in both.
-
-    With S_churn > 0 each step first raises the noise level to t̂ = (1 + γ) t,
-    γ = min(S_churn/N, √2 − 1) for t in [S_min, S_max]. The state is kept in float64,
-    D is called in the dtype of `cond`. σmin/σmax are clipped to D's range when D has one;
-    "scaled" needs ``D.sigma_data``. Returns x_0 of `shape` (default [B, 1, L, H, W] from
-    `cond`) in the dtype of `cond`.
+    Same ODE, schedule, churn and arguments as :func:`edm_sampler`, with c_in = 1/√(t² + σd²)
+    (EDM Table 1). In these variables the ODE reads dy/du = c_in(t) (c_skip(t) x − D(x; t))
+    = −c_in c_out F: only the part of the data the network has not explained moves y, so
+    for data near N(μ, σd²) the steps are nearly exact. With the exact denoiser of N(μ, s²),
+    18 steps give the variance within 1 % for s in [0.3, 2] σd, where :func:`edm_sampler` is
+    7-13 % high (tests/test_edm.py). The last step, to t = 0, is x_0 = D(x; t_{N−1}).
+    Needs ``D.sigma_data``.
     """
-    if space not in SAMPLER_SPACES:
-        raise ValueError(f"sampler space must be one of {SAMPLER_SPACES}, not {space!r}")
-    shape = tuple(shape) if shape is not None else (cond.shape[0], 1, *cond.shape[2:])
-    sigma_min = max(sigma_min, getattr(D, "sigma_min", sigma_min))
-    sigma_max = min(sigma_max, getattr(D, "sigma_max", sigma_max))
-    dtype = cond.dtype
+    t_steps, randn, denoise = _sampler_parts(D, cond, priors, shape, generator, num_steps, sigma_min, sigma_max, rho)
+    var_data = float(D.sigma_data) ** 2
 
-    def randn() -> torch.Tensor:
-        return torch.randn(shape, generator=generator, device=cond.device, dtype=torch.float64)
+    def slope(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # dy/du
+        return (var_data / (t**2 + var_data) * x - denoise(x, t)) / (t**2 + var_data).sqrt()
 
-    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return D(x.to(dtype), t.to(dtype), cond, priors).double()
-
-    if space == "edm":
-        def step(x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, last: bool) -> torch.Tensor:
-            d_cur = (x - denoise(x, t)) / t
-            x_next = x + (t_next - t) * d_cur
-            if last:
-                return x_next
-            d_prime = (x_next - denoise(x_next, t_next)) / t_next
-            return x + (t_next - t) * (0.5 * d_cur + 0.5 * d_prime)
-    else:
-        var_data = float(D.sigma_data) ** 2
-
-        def slope(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # dy/du
-            return (var_data / (t**2 + var_data) * x - denoise(x, t)) / (t**2 + var_data).sqrt()
-
-        def step(x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, last: bool) -> torch.Tensor:
-            if last:
-                return denoise(x, t)
-            h = (t_next / t).log()
-            k_cur = slope(x, t)
-            y = x / (t**2 + var_data).sqrt()
-            x_next = (y + h * k_cur) * (t_next**2 + var_data).sqrt()
-            return (y + h * 0.5 * (k_cur + slope(x_next, t_next))) * (t_next**2 + var_data).sqrt()
-
-    # Time step discretisation (eq. 5).
-    t_steps = edm_time_steps(num_steps, sigma_min, sigma_max, rho, device=cond.device)
-    log.debug("EDM sampler (%s): %d steps, sigma %.3g -> %.3g, rho %g, S_churn %g, shape %s",
-              space, num_steps, sigma_max, sigma_min, rho, S_churn, shape)
-
-    # Main sampling loop (Algorithm 2).
-    x = randn() * t_steps[0]
+    x_next = randn() * t_steps[0]
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        # Increase noise temporarily.
-        gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0.0
-        t_hat = t_cur + gamma * t_cur
-        if gamma > 0:
-            x = x + (t_hat**2 - t_cur**2).sqrt() * S_noise * randn()
-        x = step(x, t_hat, t_next, last=i == num_steps - 1)
-    return x.to(dtype)
+        x_hat, t_hat = _increase_noise(x_next, t_cur, num_steps, S_churn, S_min, S_max, S_noise, randn)
+        if i == num_steps - 1:
+            x_next = denoise(x_hat, t_hat)
+            break
+        h = (t_next / t_hat).log()
+        k_cur = slope(x_hat, t_hat)
+        y_hat = x_hat / (t_hat**2 + var_data).sqrt()
+        x_prime = (y_hat + h * k_cur) * (t_next**2 + var_data).sqrt()
+        x_next = (y_hat + h * 0.5 * (k_cur + slope(x_prime, t_next))) * (t_next**2 + var_data).sqrt()
+    return x_next.to(cond.dtype)
+
+
+SAMPLERS = {"scaled": scaled_sampler, "edm": edm_sampler}
+"""Samplers by the name config `evaluate.sampler` gives them; all take the same arguments."""
 
 
 @torch.no_grad()
 def sample_ensemble(
-    D: nn.Module, cond: torch.Tensor, priors: torch.Tensor | None, members: int, **sampler_kwargs: Any
+    D: nn.Module, cond: torch.Tensor, priors: torch.Tensor | None, members: int, sampler: str = "scaled",
+    **sampler_kwargs: Any,
 ) -> torch.Tensor:
     """`members` independent residual draws per conditioning sample, in one batched sampler run.
 
     cond [B, C, L, H, W] (and priors) are repeated M times along the batch, so member m
     of sample b is row m·B + b of the sampler batch. Returns [M, B, 1, L, H, W]
-    (member first). `sampler_kwargs` go to :func:`edm_sampler`.
+    (member first). `sampler` names one of :data:`SAMPLERS`; `sampler_kwargs` go to it.
     """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: one of {sorted(SAMPLERS)}")
     b = cond.shape[0]
     cond_m = cond.repeat(members, *([1] * (cond.dim() - 1)))
     priors_m = priors.repeat(members, *([1] * (priors.dim() - 1))) if priors is not None else None
-    x = edm_sampler(D, cond_m, priors_m, **sampler_kwargs)
+    x = SAMPLERS[sampler](D, cond_m, priors_m, **sampler_kwargs)
     return x.reshape(members, b, *x.shape[1:])
 
 

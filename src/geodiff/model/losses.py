@@ -10,11 +10,18 @@ The data terms act on normalised temperatures; the physics terms on temperatures
 (``PhysicsLoss`` de-normalises with the per-level stats, t_K = x · std[L] + mean[L]) and
 compare their diagnostics in scaled units so that every term is O(1). Levels are on
 axis −3 ([..., L, H, W]), ordered surface-upward, with pressures in hPa.
+
+Missing truth: every term takes an optional `mask` shaped like the target (1 where
+the truth is present, 0 where it is missing) and averages over the present points
+only; a vertical term (stability, coupling) drops a column where any level is missing,
+a gradient term a difference whose either end is. Masked points must hold finite
+values (the loader fills them): a loss on NaN times 0 would still be NaN.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -32,11 +39,25 @@ THICKNESS_SCALE = 10.0
 TERMS = ("charbonnier", "stability", "gradient", "coupling")
 """Loss terms PhysicsLoss knows, in the order they are evaluated."""
 DEFAULT_EPS = 0.01
-"""ε of the Charbonnier penalty unless the config sets one."""
+"""ε of the Charbonnier penalty in the term functions' signatures (the config's loss.charbonnier.eps in training)."""
 
 
-def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
-    """mean ρ(ŷ − y) over all elements, ρ(e) = √(e² + ε²) − ε: 0 for ŷ = y, ≈ |ŷ − y| for |ŷ − y| ≫ ε.
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ m x / Σ m over the elements (mask broadcast to x), the plain mean without a mask; 0 when Σ m = 0."""
+    if mask is None:
+        return x.mean()
+    mask = mask.to(x.dtype).expand_as(x)
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def column_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """[..., L, H, W] mask -> [..., 1, H, W]: 1 where every level of the column is present."""
+    return None if mask is None else mask.amin(dim=-3, keepdim=True)
+
+
+def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = DEFAULT_EPS,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """mean ρ(ŷ − y) over the present elements, ρ(e) = √(e² + ε²) − ε: 0 for ŷ = y, ≈ |ŷ − y| for |ŷ − y| ≫ ε.
 
     Evaluated as the equal e²/(√(e² + ε²) + ε), which has no cancellation and is exactly 0
     at e = 0. Needs ε > 0.
@@ -44,32 +65,38 @@ def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = DEFAULT_E
     if not eps > 0:
         raise ValueError(f"Charbonnier eps must be > 0, got {eps}")
     e2 = (pred - target) ** 2
-    return (e2 / ((e2 + eps**2).sqrt() + eps)).mean()
+    return masked_mean(e2 / ((e2 + eps**2).sqrt() + eps), mask)
 
 
-def stability_loss(t_pred: torch.Tensor, t_true: torch.Tensor, p_hpa: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
-    """Charbonnier on static stability, ρ(σ(ŷ)/σ₀ − σ(y)/σ₀), σ₀ = 1e-6 J kg-1 Pa-2.
+def stability_loss(t_pred: torch.Tensor, t_true: torch.Tensor, p_hpa: torch.Tensor, eps: float = DEFAULT_EPS,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Charbonnier on static stability, ρ(σ(ŷ)/σ₀ − σ(y)/σ₀), σ₀ = 1e-6 J kg-1 Pa-2, over complete columns.
 
     σ = −(R_d T/p) ∂ln θ/∂p (Bluestein 1992, eq. 4.3.6; :func:`geodiff.physics.thermo.static_stability`).
     t_pred, t_true: temperature in K [..., L, H, W]; p_hpa: level pressures [L], hPa.
     """
     sigma_pred = static_stability(t_pred, p_hpa) / SIGMA_SCALE
     sigma_true = static_stability(t_true, p_hpa) / SIGMA_SCALE
-    return charbonnier(sigma_pred, sigma_true, eps)
+    return charbonnier(sigma_pred, sigma_true, eps, column_mask(mask))
 
 
-def gradient_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
+def gradient_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = DEFAULT_EPS,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """½ [ρ(Δ_lat ŷ − Δ_lat y) + ρ(Δ_lon ŷ − Δ_lon y)], forward differences along axes −2 (lat) and −1 (lon).
 
-    Differences are per grid step (index space), in the units of the inputs.
+    Differences are per grid step (index space), in the units of the inputs; a difference
+    counts where both of its points are present.
     """
-    d_lat = charbonnier(pred.diff(dim=-2), target.diff(dim=-2), eps)
-    d_lon = charbonnier(pred.diff(dim=-1), target.diff(dim=-1), eps)
+    m_lat = None if mask is None else mask[..., 1:, :] * mask[..., :-1, :]
+    m_lon = None if mask is None else mask[..., 1:] * mask[..., :-1]
+    d_lat = charbonnier(pred.diff(dim=-2), target.diff(dim=-2), eps, m_lat)
+    d_lon = charbonnier(pred.diff(dim=-1), target.diff(dim=-1), eps, m_lon)
     return 0.5 * (d_lat + d_lon)
 
 
-def coupling_loss(t_pred: torch.Tensor, z_true: torch.Tensor, p_hpa: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
-    """Hypsometric consistency, ρ((ΔZ_T − ΔZ_z)/10 m) over the L − 1 layers.
+def coupling_loss(t_pred: torch.Tensor, z_true: torch.Tensor, p_hpa: torch.Tensor, eps: float = DEFAULT_EPS,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Hypsometric consistency, ρ((ΔZ_T − ΔZ_z)/10 m) over the L − 1 layers of complete columns.
 
     ΔZ_T,k = (R_d T̄_k/g) ln(p_k/p_{k+1}) from the predicted layer-mean temperature
     (:func:`geodiff.physics.thermo.layer_thickness`), ΔZ_z,k = (z_{k+1} − z_k)/g from the
@@ -79,33 +106,33 @@ def coupling_loss(t_pred: torch.Tensor, z_true: torch.Tensor, p_hpa: torch.Tenso
         raise ValueError(f"coupling_loss: z {tuple(z_true.shape)} and t {tuple(t_pred.shape)} differ in shape")
     dz_t = layer_thickness(t_pred, p_hpa)
     dz_z = (z_true[..., 1:, :, :] - z_true[..., :-1, :, :]) / G
-    return charbonnier(dz_t / THICKNESS_SCALE, dz_z / THICKNESS_SCALE, eps)
+    return charbonnier(dz_t / THICKNESS_SCALE, dz_z / THICKNESS_SCALE, eps, column_mask(mask))
 
 
 class PhysicsLoss(nn.Module):
-    """Total loss Σ_k w_k · term_k of the terms in `cfg` whose weight is non-zero.
+    """Total loss Σ_k w_k · term_k of the terms whose weight is non-zero.
 
-    cfg: {"charbonnier": {"weight": 1.0, "eps": 0.01}, "stability": {"weight": 0.1},
-    "gradient": {"weight": 0.1}, "coupling": {"weight": 0.0}}; a term's ε defaults to the
-    charbonnier ε. forward(pred_norm, target_norm, z=None) on normalised temperatures
+    forward(pred_norm, target_norm, z=None, mask=None) on normalised temperatures
     [..., L, H, W] returns (total, {term: detached value}); coupling needs z (m2 s-2,
-    shaped like pred) and is skipped without it. Physics terms are evaluated in float64.
+    shaped like pred) and is skipped without it; `mask` (1 present, 0 missing truth,
+    shaped like the target) restricts every term to the present truth. Physics terms
+    are evaluated in float64.
     """
 
     def __init__(
         self,
-        cfg: dict[str, dict[str, Any]],  # term name -> {"weight": w, "eps": ε (optional)}
+        weights: Mapping[str, float],  # term name (one of TERMS) -> weight w_k
+        eps: float,  # ε of every term's Charbonnier penalty
         levels_hpa: Any,  # level pressures [L], hPa, surface upward
         mean: torch.Tensor,  # per-level mean of the temperature [L], K
         std: torch.Tensor,  # per-level standard deviation of the temperature [L], K
     ) -> None:
         super().__init__()
-        unknown = set(cfg) - set(TERMS)
+        unknown = set(weights) - set(TERMS)
         if unknown:
             raise ValueError(f"unknown loss terms {sorted(unknown)}; known: {TERMS}")
-        default_eps = float(cfg.get("charbonnier", {}).get("eps", DEFAULT_EPS))
-        self.weights = {name: float(cfg[name].get("weight", 0.0)) for name in TERMS if name in cfg}
-        self.eps = {name: float(cfg[name].get("eps", default_eps)) for name in self.weights}
+        self.weights = {name: float(weights[name]) for name in TERMS if name in weights}
+        self.eps = float(eps)
         self.register_buffer("p_hpa", torch.as_tensor(levels_hpa, dtype=torch.float64).reshape(-1))
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float64).reshape(-1, 1, 1))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float64).reshape(-1, 1, 1))
@@ -116,22 +143,23 @@ class PhysicsLoss(nn.Module):
         return x.double() * self.std + self.mean
 
     def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor | None = None
+        self, pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         active = {name for name, w in self.weights.items() if w != 0.0}
         if z is None:
             active.discard("coupling")
         terms: dict[str, torch.Tensor] = {}
         if "charbonnier" in active:
-            terms["charbonnier"] = charbonnier(pred, target, self.eps["charbonnier"])
+            terms["charbonnier"] = charbonnier(pred, target, self.eps, mask)
         if "gradient" in active:
-            terms["gradient"] = gradient_loss(pred, target, self.eps["gradient"])
+            terms["gradient"] = gradient_loss(pred, target, self.eps, mask)
         if active & {"stability", "coupling"}:
             t_pred = self.denormalise(pred)
             if "stability" in active:
                 t_true = self.denormalise(target)
-                terms["stability"] = stability_loss(t_pred, t_true, self.p_hpa, self.eps["stability"]).to(pred.dtype)
+                terms["stability"] = stability_loss(t_pred, t_true, self.p_hpa, self.eps, mask).to(pred.dtype)
             if "coupling" in active:
-                terms["coupling"] = coupling_loss(t_pred, z.double(), self.p_hpa, self.eps["coupling"]).to(pred.dtype)
+                terms["coupling"] = coupling_loss(t_pred, z.double(), self.p_hpa, self.eps, mask).to(pred.dtype)
         total = sum((self.weights[name] * value for name, value in terms.items()), pred.new_zeros(()))
         return total, {name: value.detach() for name, value in terms.items()}

@@ -88,13 +88,13 @@ class ResidualModel(_Normalised):
         return self.precond(x, sigma, cond, priors if priors is not None and priors.numel() else None)
 
 
-def build_model(stage: str, config: dict, n_levels: int, n_priors: int) -> nn.Module:
-    """A fresh model of `stage` sized by config `model`."""
-    depth = int(config["model"]["depth"])
+def build_model(stage: str, n_levels: int, n_priors: int, width: int, depth: int) -> nn.Module:
+    """A fresh model of `stage` ("deterministic" or "residual") with a U-Net of `width` and `depth`."""
     if stage == "deterministic":
-        return DeterministicModel(n_levels, n_priors, int(config["model"]["width"]), depth)
-    width = int(config["model"].get("residual_width", config["model"]["width"]))
-    return ResidualModel(n_levels, n_priors, width, depth)
+        return DeterministicModel(n_levels, n_priors, width, depth)
+    if stage == "residual":
+        return ResidualModel(n_levels, n_priors, width, depth)
+    raise ValueError(f"unknown model stage {stage!r}: deterministic | residual")
 
 
 def load_model(path: str, device: str = "cpu") -> nn.Module:
@@ -108,15 +108,21 @@ def load_model(path: str, device: str = "cpu") -> nn.Module:
     return model.to(device)
 
 
+def truth_mask(batch: dict) -> torch.Tensor:
+    """`hr_mask` of a batch (1 where the truth is present, 0 where missing), all ones without one."""
+    return batch["hr_mask"] if "hr_mask" in batch else torch.ones_like(batch["hr"])
+
+
 @torch.no_grad()
 def residual_scale(deterministic: nn.Module, loader, device: str, max_batches: int = 20) -> torch.Tensor:
-    """Per-level RMS [L] of the residual y − ŷ over training batches (normalised units)."""
-    sq, n = 0.0, 0
+    """Per-level RMS [L] of the residual y − ŷ where the truth is present, over training batches (normalised units)."""
+    sq, n = 0.0, 0.0
     for i, batch in enumerate(loader):
         if i >= max_batches:
             break
         batch = {k: v.to(device) for k, v in batch.items()}
-        r = batch["hr"] - deterministic(batch["lr_up"], batch["static"], batch["priors"])
+        mask = truth_mask(batch)
+        r = (batch["hr"] - deterministic(batch["lr_up"], batch["static"], batch["priors"])) * mask
         sq = sq + (r**2).sum(dim=(0, 1, 3, 4))
-        n += r[:, :, 0].numel()
+        n = n + mask.sum(dim=(0, 1, 3, 4))
     return (sq / n).sqrt().clamp_min(1e-3)

@@ -1,10 +1,15 @@
-"""Thermodynamic diagnostics on pressure levels, written once for numpy and torch.
+"""Thermodynamic diagnostics on pressure levels: each formula defined once, for numpy and torch.
 
-Every function takes either numpy arrays or torch tensors and returns the same
-kind: the array namespace is picked from the inputs (torch as soon as one input
-is a tensor), and only operations that both namespaces share are used
-(arithmetic, slicing, ``log``, ``cumsum``, ``reshape``, concatenation), so the
-torch form is differentiable with autograd and runs on any device.
+θ, the hypsometric thickness and heights, Γ, σ, N² and the uneven-grid vertical
+derivative are each written in exactly one function below. Every function takes
+either numpy arrays or torch tensors and returns the same kind: the array
+namespace is picked from the inputs (torch as soon as one input is a tensor),
+and only operations that both namespaces share are used (arithmetic, slicing,
+picking levels by a list of indices, ``log``, ``cumsum``, ``reshape``,
+``concatenate``). So the same source serves the evaluation metrics (numpy), the
+training losses (torch, differentiable with autograd, on any device) and the
+priors of the pipeline (:func:`geodiff.physics.priors.compute_priors` runs the
+torch form, compiled by ``torch.compile``).
 
 Conventions (DESIGN.md section 5):
 
@@ -34,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from geodiff.constants import G, KAPPA, P0_HPA, R_D
+from geodiff.constants import G, HPA_TO_PA, KAPPA, P0_HPA, R_D
 
 if TYPE_CHECKING:
     import torch
@@ -42,12 +47,8 @@ if TYPE_CHECKING:
 Array = Union[np.ndarray, "torch.Tensor"]
 """A numpy array or a torch tensor."""
 
-HPA_TO_PA = 100.0
-"""Pascal per hectopascal."""
-
 __all__ = [
     "brunt_vaisala_frequency_squared",
-    "geopotential_height",
     "hypsometric_height",
     "lapse_rate",
     "layer_thickness",
@@ -90,13 +91,6 @@ def _as_float(a: Any, xp: ModuleType, like: Array | None = None) -> Array:
     return arr if arr.is_floating_point() else arr.to(torch.get_default_dtype())
 
 
-def _concat(xp: ModuleType, parts: list[Array], axis: int) -> Array:
-    """Concatenate along `axis` in either namespace."""
-    if xp is np:
-        return np.concatenate(parts, axis=axis)
-    return xp.cat(parts, dim=axis)
-
-
 def _neg_axis(axis: int, ndim: int) -> int:
     """Return `axis` as a negative index into an array of `ndim` dimensions."""
     if not -ndim <= axis < ndim:
@@ -104,8 +98,8 @@ def _neg_axis(axis: int, ndim: int) -> int:
     return axis - ndim if axis >= 0 else axis
 
 
-def _along(a: Array, axis: int, index: slice) -> Array:
-    """Slice `a` along the negative `axis` (works for numpy and torch alike)."""
+def _along(a: Array, axis: int, index: slice | list[int]) -> Array:
+    """Slice (or pick the listed levels of) `a` along the negative `axis`, in numpy and torch alike."""
     return a[(Ellipsis, index) + (slice(None),) * (-axis - 1)]
 
 
@@ -132,6 +126,12 @@ def _on_levels(c: Array, axis: int, n_levels: int, name: str) -> Array:
     return c.reshape((n_levels,) + (1,) * (-axis - 1))
 
 
+def _levels(values: list[float], xp: ModuleType, like: Array, axis: int) -> Array:
+    """Per-level constants `values` as an array of `like`'s namespace and float type, broadcast along `axis`."""
+    c = np.asarray(values, dtype=np.float64) if xp is np else _as_float(values, xp, like=like)
+    return _on_levels(c, axis, len(values), "values")
+
+
 def _prepare(t: Any, *coords: Any, axis: int) -> tuple[ModuleType, Array, list[Array], int]:
     """Common argument handling: namespace, float field, converted coordinates, negative axis."""
     xp = _namespace(t, *coords)
@@ -150,19 +150,21 @@ def _prepare(t: Any, *coords: Any, axis: int) -> tuple[ModuleType, Array, list[A
 def vertical_derivative(f: Array, x: Array, axis: int = -3) -> Array:
     r"""Derivative ∂f/∂x along the level axis on uneven spacing, second order everywhere.
 
-    With the spacings :math:`h_{k-1} = x_k - x_{k-1}`, :math:`h_k = x_{k+1} - x_k` and the
-    one-sided slopes :math:`s_k = (f_{k+1} - f_k)/h_k`, the three-point Lagrange formula
-    at an interior level is
+    With the layer spacings :math:`h_j = x_{j+1} - x_j` and slopes
+    :math:`s_j = (f_{j+1} - f_j)/h_j`, the derivative at level k is that of the
+    parabola through three consecutive levels a, a+1, a+2 (the three-point
+    Lagrange formula):
 
     .. math::
-        f'_k = \frac{h_k^2 (f_k - f_{k-1}) + h_{k-1}^2 (f_{k+1} - f_k)}
-                    {h_{k-1} h_k (h_{k-1} + h_k)}
-             = s_{k-1} + w_k (s_k - s_{k-1}),\qquad w_k = \frac{h_{k-1}}{h_{k-1} + h_k},
+        f'_k = s_a + c_k (s_{a+1} - s_a),\qquad
+        c_k = \alpha_k + \gamma_k \frac{h_a}{h_a + h_{a+1}},\qquad a = \min(\max(k-1, 0), L-3),
 
-    and at the two ends the derivative of the same parabola through the first
-    (last) three points, :math:`f'_0 = s_0 - w_1 (s_1 - s_0)` and
-    :math:`f'_{L-1} = s_{L-2} + (1 - w_{L-2}) (s_{L-2} - s_{L-3})`. These are the
-    coefficients of ``metpy.calc.first_derivative``, rearranged into slopes.
+    with :math:`(\alpha_k, \gamma_k) = (0, 1)` at the interior levels (centred,
+    a = k-1), :math:`(0, -1)` at the bottom and :math:`(2, -1)` at the top (one-sided,
+    second order). These are the coefficients of ``metpy.calc.first_derivative``,
+    rearranged into slopes; the form is exact for quadratics. One expression for all
+    levels (the two slopes picked per level) rather than three pieces concatenated:
+    ``torch.compile`` then writes each output value once.
 
     Parameters
     ----------
@@ -184,28 +186,21 @@ def vertical_derivative(f: Array, x: Array, axis: int = -3) -> Array:
     if n < 3:
         raise ValueError(f"vertical_derivative needs at least 3 levels along axis {axis}, got {n}")
     x = _on_levels(x, ax, n, "x")
-    dx = _upper(x, ax) - _lower(x, ax)  # h_k, L-1 along axis
-    s = (_upper(f, ax) - _lower(f, ax)) / dx  # s_k, L-1 along axis
-    q = _upper(s, ax) - _lower(s, ax)  # s_k - s_{k-1}, L-2 along axis
-    dx_lo, dx_hi = _lower(dx, ax), _upper(dx, ax)
-    wq = dx_lo / (dx_lo + dx_hi) * q  # w_k (s_k - s_{k-1})
-    s_lo, s_hi = _lower(s, ax), _upper(s, ax)
-    first, last = slice(0, 1), slice(-1, None)
-    left = _along(s_lo, ax, first) - _along(wq, ax, first)
-    interior = s_lo + wq
-    right = _along(s_hi, ax, last) + _along(q, ax, last) - _along(wq, ax, last)
-    return _concat(xp, [left, interior, right], ax)
+    h = _upper(x, ax) - _lower(x, ax)
+    s = (_upper(f, ax) - _lower(f, ax)) / h
+    a = [min(max(k - 1, 0), n - 3) for k in range(n)]
+    b = [j + 1 for j in a]
+    alpha = [0.0] * (n - 1) + [2.0]
+    gamma = [-1.0] + [1.0] * (n - 2) + [-1.0]
+    h_a = _along(h, ax, a)
+    c = _levels(alpha, xp, f, ax) + _levels(gamma, xp, f, ax) * h_a / (h_a + _along(h, ax, b))
+    s_a = _along(s, ax, a)
+    return s_a + c * (_along(s, ax, b) - s_a)
 
 
 # --------------------------------------------------------------------------
 # heights
 # --------------------------------------------------------------------------
-def geopotential_height(z: Array) -> Array:
-    r"""Geopotential height :math:`Z = z / g` in m, from geopotential `z` in m² s⁻²."""
-    xp = _namespace(z)
-    return _as_float(z, xp) / G
-
-
 def layer_thickness(t: Array, p: Array, axis: int = -3) -> Array:
     r"""Thickness of each layer between consecutive levels from the hypsometric equation.
 
@@ -236,7 +231,7 @@ def hypsometric_height(t: Array, p: Array, axis: int = -3, z_bottom: Array | flo
     r"""Heights of the levels by integrating the hypsometric equation upward from level 0.
 
     .. math:: Z_0 = z_\mathrm{bottom},\qquad
-              Z_{k+1} = Z_k + \frac{R_d \bar T_k}{g} \ln\frac{p_k}{p_{k+1}}
+              Z_{k+1} = Z_k + \Delta Z_k \quad(\text{thickness of :func:`layer_thickness`})
 
     Parameters
     ----------
@@ -247,9 +242,8 @@ def hypsometric_height(t: Array, p: Array, axis: int = -3, z_bottom: Array | flo
     axis : int
         Level axis of `t`.
     z_bottom : float or array
-        Height of level 0, m: a scalar, an array shaped like one level of `t`
-        without the level axis (e.g. ``[H, W]`` or ``[..., H, W]``), or any array
-        broadcastable to one level slice with the level axis kept (size 1).
+        Height of level 0, m: a scalar, or an array broadcastable to one level of `t`
+        without the level axis (e.g. ``[H, W]`` orography, or ``[N, H, W]``).
 
     Returns
     -------
@@ -258,11 +252,13 @@ def hypsometric_height(t: Array, p: Array, axis: int = -3, z_bottom: Array | flo
     """
     xp, t, (p, zb), ax = _prepare(t, p, z_bottom, axis=axis)
     dz = layer_thickness(t, p, axis=ax)
-    if zb.ndim == t.ndim - 1 and zb.ndim > 0:
-        pos = zb.ndim + 1 + ax
-        zb = zb.reshape(tuple(zb.shape[:pos]) + (1,) + tuple(zb.shape[pos:]))
+    if zb.ndim > 0:
+        level = zb.ndim + ax + 1  # where the level axis goes in z_bottom's shape
+        if level < 0:
+            raise ValueError(f"z_bottom of shape {tuple(zb.shape)} does not broadcast to one level of shape {tuple(t.shape)}")
+        zb = zb.reshape(tuple(zb.shape[:level]) + (1,) + tuple(zb.shape[level:]))
     z0 = xp.zeros_like(_along(t, ax, slice(0, 1))) + zb
-    return _concat(xp, [z0, z0 + xp.cumsum(dz, ax)], ax)
+    return xp.concatenate([z0, z0 + xp.cumsum(dz, ax)], axis=ax)
 
 
 # --------------------------------------------------------------------------

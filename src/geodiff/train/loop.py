@@ -4,33 +4,53 @@ Runs alone, under torchrun, srun or mpirun (see `geodiff.train.distributed`), wi
 DistributedSampler, gradient clipping, AMP (bfloat16) on GPUs and bfloat16-capable CPUs, EMA weights for the
 diffusion model, TensorBoard logs and tqdm progress on rank 0, and atomic resumable
 checkpoints (`<out>.ckpt`) that carry everything needed to continue.
+
+A checkpoint is resumed only when it was written with the same training settings
+(:attr:`TrainConfig.hash`) and, for the residual stage, the same deterministic model;
+otherwise it is moved aside to `<out>.ckpt.stale-<its hash>` (never deleted) and the
+training starts from step 0. A loss or gradient that turns non-finite stops the
+training with :class:`TrainingDiverged` before the step is applied: no model file is
+written and no checkpoint of the broken state.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from geodiff import __version__
-from geodiff.data.loader import StoreDataset, store_info
-from geodiff.model.edm import EMA, edm_loss
-from geodiff.model.losses import PhysicsLoss
-from geodiff.model.networks import build_model, load_model, residual_scale
 from geodiff.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from geodiff.data.loader import StoreDataset
+from geodiff.data.store import store_info
 from geodiff.device import bf16_autocast
+from geodiff.model.edm import EMA, edm_loss
+from geodiff.model.losses import PhysicsLoss, masked_mean
+from geodiff.model.networks import build_model, load_model, residual_scale, truth_mask
+from geodiff.train.config import STAGES, RunSettings, TrainConfig
 from geodiff.train.distributed import DistContext, cleanup, init_distributed, is_main
 
 log = logging.getLogger(__name__)
 
-STAGES = ("deterministic", "residual")
+VALIDATION_SIGMAS = (0.1, 0.5, 1.0, 2.0)
+"""Noise levels σ (scaled residual units, σd = 1) at which the residual model's denoising is scored."""
+VALIDATION_SEED = 0
+"""Seed of the validation noise, so that scores of two models compare the same draws."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient of a training step is NaN or infinite."""
 
 
 def seed_everything(seed: int) -> None:
@@ -52,6 +72,34 @@ def to_device(batch: dict, device: str) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@dataclass
+class Run:
+    """One stage's training: what :func:`_build` makes and the step functions advance."""
+
+    stage: str
+    cfg: TrainConfig
+    ctx: DistContext
+    train_path: str
+    loader: DataLoader
+    sampler: DistributedSampler
+    levels: np.ndarray  # level pressures [L], hPa
+    model: nn.Module
+    net: nn.Module  # the model, wrapped in DistributedDataParallel when distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: EMA
+    physics: PhysicsLoss
+    deterministic: nn.Module | None  # the frozen U-Net the residual stage corrects
+    resume_key: dict  # what a checkpoint must match to be resumed
+    step: int = 0
+
+
 def train(
     stage: str,
     train_path: str,
@@ -60,148 +108,248 @@ def train(
     logdir: str,
     config: dict,
     deterministic_path: str | None = None,
+    device: str | None = None,
+    checkpoint_every: int | None = None,
 ) -> dict:
-    """Train one stage and write its model file (rank 0); returns final validation metrics."""
+    """Train one stage and write its model file (rank 0); returns final validation metrics.
+
+    `config` is the validated config (see :mod:`geodiff.train.config`); `device` and
+    `checkpoint_every` override its train.device / train.checkpoint_every.
+    """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
-    tcfg = config["train"]
-    ctx = init_distributed(tcfg.get("device", "auto"))
+    if stage == "residual" and deterministic_path is None:
+        raise ValueError("the residual stage needs the deterministic model file (deterministic_path)")
+    cfg = TrainConfig.from_config(config)
+    settings = RunSettings.resolve(config, device, checkpoint_every)
+    ctx = init_distributed(settings.device)
     try:
-        return _train(stage, train_path, val_path, out_path, logdir, config, deterministic_path, ctx)
+        run = _build(stage, cfg, ctx, train_path, deterministic_path)
+        ckpt_path = Path(f"{out_path}.ckpt")
+        _resume(run, ckpt_path)
+        _loop(run, ckpt_path, logdir, settings.checkpoint_every)
+        return _finish(run, val_path, out_path, ckpt_path, config, logdir)
     finally:
         cleanup()
 
 
-def _train(stage, train_path, val_path, out_path, logdir, config, deterministic_path, ctx: DistContext) -> dict:
-    tcfg = config["train"]
-    seed_everything(int(config["seed"]) + ctx.rank)
-    use_priors = bool(config["model"].get("use_priors", True))
-    prior_names = list(config["priors"]["names"]) if use_priors else []
-    info = store_info(train_path)
-    dataset = StoreDataset(train_path, prior_names, crop=tcfg.get("crop"))
-    sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=int(config["seed"]), drop_last=True)
-    batch_size = min(int(tcfg["batch_size"]), len(dataset) // ctx.world_size)
+def _build(stage: str, cfg: TrainConfig, ctx: DistContext, train_path: str, deterministic_path: str | None) -> Run:
+    """Data, model (with the store's statistics), optimiser, schedule, EMA and loss of a fresh run."""
+    seed_everything(cfg.seed + ctx.rank)
+    prior_names = list(cfg.prior_names)
+    dataset = StoreDataset(train_path, prior_names, crop=cfg.crop)
+    _check_stats(train_path, dataset)
+    sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    batch_size = min(cfg.batch_size, len(dataset) // ctx.world_size)
     loader = DataLoader(dataset, batch_size, sampler=sampler, drop_last=True, num_workers=1, persistent_workers=True)
-    device = ctx.device
-    total_steps = int(tcfg[f"{stage}_steps"])
+    levels = store_info(train_path)["levels"]
+    mean, std = torch.from_numpy(dataset.t_mean.ravel()), torch.from_numpy(dataset.t_std.ravel())
 
-    stats = dataset.t_mean.ravel(), dataset.t_std.ravel()
-    model = build_model(stage, config, n_levels=len(info["levels"]), n_priors=len(prior_names))
-    model.t_mean.copy_(torch.from_numpy(stats[0]))
-    model.t_std.copy_(torch.from_numpy(stats[1]))
-    deterministic = None
-    if stage == "residual":
-        deterministic = load_model(deterministic_path, device).eval()
-        model.r_scale.copy_(residual_scale(deterministic, loader, device))
-        log.info("residual RMS per level (normalised units): %s", model.r_scale.cpu().numpy().round(3))
+    model = build_model(stage, len(levels), len(prior_names), cfg.network_width(stage), cfg.depth)
+    model.t_mean.copy_(mean)
+    model.t_std.copy_(std)
     model.prior_names = prior_names
-    model = model.to(device)
-    ddp = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None) if ctx.distributed else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(tcfg["lr"]), weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total_steps))
-    ema = EMA(model, decay=float(tcfg.get("ema_decay", 0.999)))
-    autocast = bf16_autocast(device, bool(tcfg.get("amp", True)))
-    physics = PhysicsLoss(config["loss"], info["levels"], torch.from_numpy(stats[0]), torch.from_numpy(stats[1])).to(device)
+    deterministic = None
+    resume_key = {"config_hash": cfg.hash}
+    if stage == "residual":
+        deterministic = load_model(deterministic_path, ctx.device).eval()
+        model.r_scale.copy_(residual_scale(deterministic, loader, ctx.device))
+        log.info("residual RMS per level (normalised units): %s", model.r_scale.cpu().numpy().round(3))
+        resume_key["deterministic_sha256"] = file_digest(deterministic_path)
+    model = model.to(ctx.device)
+    device_ids = [ctx.device] if ctx.device.startswith("cuda") else None
+    net = DistributedDataParallel(model, device_ids=device_ids) if ctx.distributed else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    total = cfg.steps(stage)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total))
+    physics = PhysicsLoss(cfg.loss_weights, cfg.charbonnier_eps, levels, mean, std).to(ctx.device)
+    return Run(stage, cfg, ctx, train_path, loader, sampler, levels, model, net, optimizer, scheduler,
+               EMA(model, decay=cfg.ema_decay), physics, deterministic, resume_key)
 
-    ckpt_path = Path(f"{out_path}.ckpt")
-    step = 0
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ema.load_state_dict(state["ema"])
-        set_rng_state(state["rng"])
-        step = int(state["step"])
-        log.info("resumed %s from step %d (%s)", stage, step, ckpt_path)
 
+def _check_stats(path: str, dataset: StoreDataset) -> None:
+    """Refuse normalisation statistics that are not finite, or standard deviations that are not positive."""
+    stats = {"t": (dataset.t_mean, dataset.t_std), **dict(zip(dataset.prior_names, dataset.prior_stats))}
+    for name, (mean, std) in stats.items():
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+            raise ValueError(f"{path}: the statistics stats/{name}/mean, std are not finite and positive "
+                             f"(mean {np.ravel(mean)}, std {np.ravel(std)}): NaN or inf in the train split; "
+                             "rebuild the store")
+
+
+def _resume(run: Run, ckpt_path: Path) -> None:
+    """Continue from `ckpt_path` when it matches the run's settings; move a stale one aside."""
+    if not ckpt_path.exists():
+        return
+    state = load_checkpoint(ckpt_path, map_location=run.ctx.device)
+    found = {key: state.get(key) for key in run.resume_key}
+    if run.ctx.distributed:
+        dist.barrier()  # every rank has read the checkpoint before rank 0 may move it
+    if found != run.resume_key:
+        if is_main(run.ctx):
+            stale = _stale_name(ckpt_path, state.get("config_hash"))
+            ckpt_path.rename(stale)
+            log.warning("%s was written with other settings (%s, now %s): moved to %s; %s starts from step 0",
+                        ckpt_path, found, run.resume_key, stale, run.stage)
+        if run.ctx.distributed:
+            dist.barrier()
+        return
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.ema.load_state_dict(state["ema"])
+    set_rng_state(state["rng"])
+    run.step = int(state["step"])
+    log.info("resumed %s from step %d (%s)", run.stage, run.step, ckpt_path)
+
+
+def _stale_name(ckpt_path: Path, digest: str | None) -> Path:
+    """`<ckpt>.stale-<hash>`, with a counter when that name is taken (nothing is overwritten)."""
+    base = f"{ckpt_path}.stale-{digest or 'unknown'}"
+    candidate, n = Path(base), 1
+    while candidate.exists():
+        candidate, n = Path(f"{base}.{n}"), n + 1
+    return candidate
+
+
+def _loop(run: Run, ckpt_path: Path, logdir: str, checkpoint_every: int) -> None:
+    """Optimiser steps from `run.step` to the stage's total, with checkpoints, logs and progress on rank 0."""
+    total = run.cfg.steps(run.stage)
+    main = is_main(run.ctx)
     writer = None
-    if is_main(ctx):
+    if main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(logdir)
-    progress = tqdm(total=total_steps, initial=step, desc=f"train {stage}", disable=not is_main(ctx), mininterval=5)
-    epoch = step // max(1, len(loader))
-    model.train()
-    while step < total_steps:
-        sampler.set_epoch(epoch)
-        for batch in loader:
-            if step >= total_steps:
-                break
-            batch = to_device(batch, device)
-            with autocast:
-                loss, terms = _stage_loss(stage, ddp, deterministic, physics, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg.get("grad_clip", 1.0)))
-            optimizer.step()
-            scheduler.step()
-            ema.update(model)
-            step += 1
-            progress.update()
-            if writer is not None and step % 10 == 0:
-                writer.add_scalar(f"{stage}/loss", loss.item(), step)
-                writer.add_scalar(f"{stage}/grad_norm", grad_norm.item(), step)
-                writer.add_scalar(f"{stage}/lr", scheduler.get_last_lr()[0], step)
-                for name, value in terms.items():
-                    writer.add_scalar(f"{stage}/{name}", float(value), step)
-                progress.set_postfix(loss=f"{loss.item():.4f}")
-            if is_main(ctx) and (step % int(tcfg.get("checkpoint_every", 250)) == 0 or step == total_steps):
-                save_checkpoint(ckpt_path, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "ema": ema.state_dict(), "rng": rng_state(), "step": step,
-                })
-        epoch += 1
-    progress.close()
-
-    final = ema.module if stage == "residual" else model
-    metrics = {}
-    if is_main(ctx):
-        metrics = validate(stage, final, deterministic, val_path, prior_names, device)
-        log.info("%s validation: %s", stage, metrics)
-        for name, value in metrics.items():
-            writer.add_scalar(f"{stage}/val_{name}", value, step)
-        writer.close()
-        save_checkpoint(out_path, {
-            "stage": stage,
-            "model": final.state_dict(),
-            "arch": final.arch,
-            "levels": torch.from_numpy(info["levels"]),
-            "prior_names": prior_names,
-            "config": config,
-            "step": step,
-            "val": metrics,
-            "geodiff_version": __version__,
-        })
-        ckpt_path.unlink(missing_ok=True)
-    return metrics
+    progress = tqdm(total=total, initial=run.step, desc=f"train {run.stage}", disable=not main, mininterval=5)
+    autocast = bf16_autocast(run.ctx.device, run.cfg.amp)
+    epoch = run.step // max(1, len(run.loader))
+    run.model.train()
+    try:
+        while run.step < total:
+            run.sampler.set_epoch(epoch)
+            for batch in run.loader:
+                if run.step >= total:
+                    break
+                loss, grad_norm, terms = _step(run, to_device(batch, run.ctx.device), autocast)
+                progress.update()
+                if writer is not None and run.step % 10 == 0:
+                    for name, value in {"loss": loss, "grad_norm": grad_norm, **terms}.items():
+                        writer.add_scalar(f"{run.stage}/{name}", float(value), run.step)
+                    writer.add_scalar(f"{run.stage}/lr", run.scheduler.get_last_lr()[0], run.step)
+                    progress.set_postfix(loss=f"{float(loss):.4f}")
+                if main and (run.step % checkpoint_every == 0 or run.step == total):
+                    _save_checkpoint(run, ckpt_path)
+            epoch += 1
+    finally:
+        progress.close()
+        if writer is not None:
+            writer.close()
 
 
-def _stage_loss(stage, net, deterministic, physics, batch):
-    """Loss of one batch: physics-aware data fit (deterministic) or EDM denoising (residual)."""
-    if stage == "deterministic":
-        pred = net(batch["lr_up"], batch["static"], batch["priors"])
-        return physics(pred[:, 0], batch["hr"][:, 0], batch.get("z"))
+def _step(run: Run, batch: dict, autocast: torch.autocast) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """One optimiser step; raises :class:`TrainingDiverged` (before updating) on a non-finite loss or gradient."""
+    with autocast:
+        loss, terms = _stage_loss(run, batch)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+        raise TrainingDiverged(
+            f"{run.stage} training diverged at step {run.step + 1}: loss {float(loss.detach()):.4g}, gradient norm "
+            f"{float(grad_norm):.4g}. Likely causes: NaN or inf in the inputs or statistics of {run.train_path}, "
+            f"or a learning rate too high (train.lr = {run.cfg.lr:g}). No model file was written.")
+    run.optimizer.step()
+    run.scheduler.step()
+    run.ema.update(run.model)
+    run.step += 1
+    return loss.detach(), grad_norm, terms
+
+
+def _stage_loss(run: Run, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Loss of one batch where the truth is present: physics-aware data fit (deterministic) or EDM denoising (residual)."""
+    mask = truth_mask(batch)
+    if run.stage == "deterministic":
+        pred = run.net(batch["lr_up"], batch["static"], batch["priors"])
+        return run.physics(pred[:, 0], batch["hr"][:, 0], batch.get("z"), mask[:, 0])
     with torch.no_grad():
-        det = deterministic(batch["lr_up"], batch["static"], batch["priors"])
-    model = getattr(net, "module", net)
-    loss = edm_loss(net, model.scale(batch["hr"] - det), model.condition(det, batch), batch["priors"]).mean()
+        det = run.deterministic(batch["lr_up"], batch["static"], batch["priors"])
+    r = run.model.scale(batch["hr"] - det)
+    loss = masked_mean(edm_loss(run.net, r, run.model.condition(det, batch), batch["priors"]), mask)
     return loss, {"edm": loss.detach()}
+
+
+def _save_checkpoint(run: Run, ckpt_path: Path) -> None:
+    save_checkpoint(ckpt_path, {
+        **run.resume_key, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "ema": run.ema.state_dict(), "rng": rng_state(), "step": run.step,
+    })
+
+
+def _finish(run: Run, val_path: str, out_path: str, ckpt_path: Path, config: dict, logdir: str) -> dict:
+    """Validate the final weights (EMA for the residual model), write the model file, drop the checkpoint (rank 0)."""
+    if not is_main(run.ctx):
+        return {}
+    final = run.ema.module if run.stage == "residual" else run.model
+    metrics = validate(run.stage, final, run.deterministic, val_path, list(run.cfg.prior_names), run.ctx.device)
+    log.info("%s validation: %s", run.stage, metrics)
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(logdir) as writer:
+        for name, value in metrics.items():
+            writer.add_scalar(f"{run.stage}/val_{name}", value, run.step)
+    save_checkpoint(out_path, {
+        "stage": run.stage,
+        "model": final.state_dict(),
+        "arch": final.arch,
+        "levels": torch.from_numpy(run.levels),
+        "prior_names": list(run.cfg.prior_names),
+        "config": config,
+        "train_config": asdict(run.cfg),
+        "config_hash": run.cfg.hash,
+        "step": run.step,
+        "val": metrics,
+        "geodiff_version": __version__,
+    })
+    ckpt_path.unlink(missing_ok=True)
+    return metrics
 
 
 @torch.no_grad()
 def validate(stage, model, deterministic, val_path, prior_names, device) -> dict[str, float]:
-    """RMSE (K) on the validation store: of the U-Net, or of the residual model's one-step denoising."""
+    """Scores (K) on the validation store where the truth is present.
+
+    Deterministic stage: ``rmse_K``, the U-Net's RMSE. Residual stage: the RMSE of the
+    denoised residual, D(r̃ + σ n; σ) − r̃ (EDM eq. 2, scaled units r̃ = r/s_l) brought back
+    to K, at each σ of :data:`VALIDATION_SIGMAS` (``denoise_rmse_K_sigma<σ>``) and over all
+    of them (``denoise_rmse_K``); the noise n ~ N(0, I) is drawn from :data:`VALIDATION_SEED`.
+    """
     dataset = StoreDataset(val_path, prior_names)
     std = torch.from_numpy(dataset.t_std).to(device)
-    sq, count = 0.0, 0
     model.eval()
+    if stage == "deterministic":
+        sq, count = 0.0, 0.0
+        for batch in DataLoader(dataset, batch_size=8):
+            batch = to_device(batch, device)
+            mask = truth_mask(batch)
+            err = (model(batch["lr_up"], batch["static"], batch["priors"]) - batch["hr"]) * mask
+            sq += float(((err[:, 0] * std) ** 2).sum())
+            count += float(mask.sum())
+        return {"rmse_K": math.sqrt(sq / count)}
+    generator = torch.Generator(device).manual_seed(VALIDATION_SEED)
+    sq = dict.fromkeys(VALIDATION_SIGMAS, 0.0)
+    count = 0.0
     for batch in DataLoader(dataset, batch_size=8):
         batch = to_device(batch, device)
-        if stage == "deterministic":
-            pred = model(batch["lr_up"], batch["static"], batch["priors"])
-        else:
-            pred = deterministic(batch["lr_up"], batch["static"], batch["priors"])
-        sq += float((((pred - batch["hr"])[:, 0] * std) ** 2).sum())
-        count += batch["hr"].numel()
-    return {"rmse_K": math.sqrt(sq / count)}
+        mask = truth_mask(batch)
+        det = deterministic(batch["lr_up"], batch["static"], batch["priors"])
+        r, cond = model.scale(batch["hr"] - det), model.condition(det, batch)
+        for sigma in VALIDATION_SIGMAS:
+            n = torch.randn(r.shape, generator=generator, device=device)
+            err = model.unscale(model(r + sigma * n, torch.full((r.shape[0],), sigma, device=device), cond,
+                                      batch["priors"]) - r) * mask
+            sq[sigma] += float(((err[:, 0] * std) ** 2).sum())
+        count += float(mask.sum())
+    metrics = {f"denoise_rmse_K_sigma{sigma:g}": math.sqrt(value / count) for sigma, value in sq.items()}
+    metrics["denoise_rmse_K"] = math.sqrt(sum(sq.values()) / (count * len(VALIDATION_SIGMAS)))
+    return metrics

@@ -25,9 +25,11 @@ import numpy as np
 import xarray as xr
 
 from geodiff.constants import LAT, LEVEL, LON, TIME
-from geodiff.data.canonical import DataError, canonicalize, load, month_times, validate, write_netcdf
+from geodiff.data.canonical import DataError, canonicalize, month_times
+from geodiff.data.files import load, write_netcdf
 from geodiff.data.grid import Grid, grids_from_config
-from geodiff.provenance import config_hash
+from geodiff.data.validate import validate
+from geodiff.provenance import config_hash, provenance_attrs
 
 log = logging.getLogger(__name__)
 
@@ -105,19 +107,20 @@ def subset(ds: xr.Dataset, config: Mapping[str, Any], times: Any = None) -> xr.D
     return ds
 
 
-def _finish(ds: xr.Dataset, origin: str, config: dict, out_path: str, **when: int) -> None:
+def _finish(ds: xr.Dataset, origin: str, config: dict, out_path: str, attrs: Mapping[str, str] | None, **when: int) -> None:
     ds = load(ds, origin)
     validate(ds, config, origin, **when)
-    ds.attrs["config_hash"] = config_hash(config)
+    ds.attrs.update(attrs or provenance_attrs(config_hash(config)))
     write_netcdf(ds, out_path)
 
 
-def download_month(config: dict, year: int, month: int, out_path: str) -> None:
+def download_month(config: dict, year: int, month: int, out_path: str, attrs: Mapping[str, str] | None = None) -> None:
     """Fetch one month of temperature (K) and geopotential (m2 s-2) on pressure levels (hPa).
 
     Writes `out_path` as canonical NetCDF on the fine grid, with the config's
     levels and every ``data.hours`` (UTC) of the month; raw downloads live in a
-    temporary folder beside `out_path` and are removed.
+    temporary folder beside `out_path` and are removed. `attrs` (provenance, see
+    `geodiff.provenance.provenance_attrs`; by default the hash of `config`) join the global attributes.
 
     Raises:
         DataError: the source's data is unusable (named file, variable and problem).
@@ -131,12 +134,12 @@ def download_month(config: dict, year: int, month: int, out_path: str) -> None:
         try:
             ds = subset(fetched, config, times)
             log.info("%s %d-%02d: %s", source, year, month, dict(ds.sizes))
-            _finish(ds, origin, config, str(out), year=year, month=month)
+            _finish(ds, origin, config, str(out), attrs, year=year, month=month)
         finally:
             fetched.close()
 
 
-def download_statics(config: dict, out_path: str) -> None:
+def download_statics(config: dict, out_path: str, attrs: Mapping[str, str] | None = None) -> None:
     """Fetch orography (m) and land-sea mask (0..1) on the fine grid into `out_path` (NetCDF, atomic)."""
     source = _source(config)
     out = Path(out_path)
@@ -144,7 +147,7 @@ def download_statics(config: dict, out_path: str) -> None:
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as work:
         fetched, origin = _statics_fetcher(source)(config, Path(work))
         try:
-            _finish(subset(fetched, config), origin, config, str(out))
+            _finish(subset(fetched, config), origin, config, str(out), attrs)
         finally:
             fetched.close()
 

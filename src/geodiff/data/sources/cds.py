@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from geodiff.data.canonical import DataError, canonicalize, month_times, open_any
+from geodiff.atomic import atomic_write
+from geodiff.data.canonical import DataError, canonicalize, month_times
+from geodiff.data.files import open_any
 from geodiff.data.grid import Grid, grids_from_config
 
 log = logging.getLogger(__name__)
@@ -177,7 +179,7 @@ class _KeyFilter:
 
 
 def retrieve(config: Mapping[str, Any], dataset: str, request: Mapping[str, Any], target: str | Path) -> Path:
-    """Download one CDS request to `target`: into a temporary name beside it, renamed on success.
+    """Download one CDS request to `target`, atomically (`geodiff.atomic.atomic_write`).
 
     Raises:
         CdsCredentialsError: no key.
@@ -188,8 +190,6 @@ def retrieve(config: Mapping[str, Any], dataset: str, request: Mapping[str, Any]
     url, key = credentials()
     opts = options(config)
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(f".{target.name}.part")
     keyfilter = _KeyFilter(key)
     log.info("CDS %s: requesting %s", dataset, {k: v for k, v in request.items() if k != "day"})
     try:
@@ -208,15 +208,13 @@ def retrieve(config: Mapping[str, Any], dataset: str, request: Mapping[str, Any]
             error_callback=keyfilter.callback(logging.ERROR),
             debug_callback=keyfilter.callback(logging.DEBUG),
         )
-        client.retrieve(dataset, dict(request), str(part))
-        os.replace(part, target)
+        with atomic_write(target) as part:
+            client.retrieve(dataset, dict(request), str(part))
     except Exception as err:
         message = " / ".join(line.strip() for line in f"{type(err).__name__}: {err}".splitlines() if line.strip())
         raise CdsError(
             f"CDS request to {dataset} failed (data.cds.retries: {opts['retries']}): {keyfilter.redact(message)}"
         ) from None
-    finally:
-        part.unlink(missing_ok=True)
     log.info("CDS %s: downloaded %s (%d bytes)", dataset, target.name, target.stat().st_size)
     return target
 

@@ -21,7 +21,8 @@ import pandas as pd
 import xarray as xr
 
 from geodiff.constants import STATICS, TIME
-from geodiff.data.canonical import DataError, canonicalize, open_any
+from geodiff.data.canonical import DataError, canonicalize
+from geodiff.data.files import open_any
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,138 @@
+"""The workflow's DAG, read from Snakemake's dry runs: run folders, resources, local inputs, scripts by hand."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from geodiff.data.synthetic import synthetic_month, synthetic_statics
+from geodiff.stand_in import stand_in
+from workflow_run import ROOT, config_variant, copy_workflow, planned_jobs, snakemake
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return copy_workflow(tmp_path_factory.mktemp("wf"))
+
+
+def outputs(jobs: list[dict[str, str]]) -> list[str]:
+    return [path for job in jobs for path in job.get("output", "").split(", ") if path]
+
+
+@pytest.mark.parametrize(("configfile", "run_name"), [("config/config.yaml", "default"), ("config/test.yaml", "test")])
+def test_every_output_goes_to_the_run_folder(repo, configfile, run_name):
+    jobs = planned_jobs(repo, "--configfile", configfile)
+    assert len(jobs) > 10
+    paths = outputs(jobs)
+    assert paths and all(p.startswith(f"results/{run_name}/") for p in paths), paths
+
+
+def test_gpu_config_gives_model_jobs_a_gpu(repo):
+    jobs = planned_jobs(repo, "--configfile", "config/era5.yaml")
+    by_rule = {job["rule"]: job for job in jobs}
+    for rule in ("sample", "train_deterministic", "train_residual"):
+        assert "gpu=" in by_rule[rule]["resources"], rule
+    assert "gpu=1" in by_rule["sample"]["resources"] and "device=cuda" in by_rule["sample"]["resources"]
+    assert "gpu=4" in by_rule["train_residual"]["resources"]
+    baselines = {job["wildcards"]: job["resources"] for job in jobs if job["rule"] == "baselines"}
+    assert "gpu=1" in baselines["split=test, baseline=deterministic"]
+    assert "gpu=0" in baselines["split=test, baseline=bicubic"]
+
+
+def test_cpu_config_asks_for_no_gpu(repo):
+    jobs = planned_jobs(repo, "--configfile", "config/test.yaml")
+    assert all("gpu=0" in job["resources"] for job in jobs if job["rule"] in ("sample", "baselines"))
+
+
+def write_local_files(folder: Path, config: dict) -> None:
+    """Three months and the statics of the synthetic atmosphere, as a user's NetCDF files."""
+    folder.mkdir()
+    for month in (1, 2, 3):
+        synthetic_month(config, 2001, month).to_netcdf(folder / f"era_2001{month:02d}.nc")
+    synthetic_statics(config).to_netcdf(folder / "statics.nc")
+
+
+def local_config(repo: Path, files: Path) -> str:
+    """config/test.yaml reading `files` as source local, run `local`."""
+    return config_variant(
+        repo,
+        "local",
+        [
+            ("run_name: test", "run_name: local"),
+            (
+                "  source: synthetic\n",
+                f"  source: local\n  local: {{paths: ['{files}/era_*.nc'], statics: '{files}/statics.nc'}}\n",
+            ),
+        ],
+    )
+
+
+def test_a_month_in_no_local_file_stops_before_any_job(repo, tmp_path):
+    files = tmp_path / "mine"
+    write_local_files(files, yaml.safe_load((ROOT / "config/test.yaml").read_text()))
+    (files / "era_200103.nc").unlink()
+    proc = snakemake(repo, "-n", "--configfile", local_config(repo, files), check=False)
+    assert proc.returncode != 0 and "data.local.paths: no file has data for 2001-03" in proc.stdout + proc.stderr
+
+
+def test_editing_a_local_file_reruns_its_month_only(repo, tmp_path):
+    files = tmp_path / "mine"
+    write_local_files(files, yaml.safe_load((ROOT / "config/test.yaml").read_text()))
+    configfile = local_config(repo, files)
+    targets = [f"results/local/regrid/2001-0{m}.nc" for m in (1, 2, 3)]
+    snakemake(repo, *targets, "--cores", "2", "--configfile", configfile)
+    assert "Nothing to be done" in snakemake(repo, *targets, "-n", "--configfile", configfile).stdout
+
+    february = files / "era_200102.nc"
+    with xr.open_dataset(february) as ds:
+        warmer = ds.load()
+    warmer["t"] += 5.0
+    warmer.to_netcdf(february)
+    jobs = planned_jobs(repo, *targets, "--configfile", configfile)
+    planned = sorted(outputs(jobs))
+    assert planned == ["results/local/raw/2001-02.nc", "results/local/regrid/2001-02.nc"], planned
+    download = next(job for job in jobs if job["rule"] == "download")
+    assert download["input"] == str(february)
+
+
+def test_stand_in_reads_the_command_line_as_snakemake_would():
+    sm = stand_in(
+        argv=[
+            "--input", "store=s.h5", "raw=[a.nc, b.nc]",
+            "--output", "out.nc",
+            "--params", "members=4", "period={start: 2001-03-01, end: 2001-03-10}", "s_churn=0.5",
+            "--wildcards", "year=2001",
+        ]
+    )
+    assert sm.input.store == "s.h5" and sm.input.raw == ["a.nc", "b.nc"] and list(sm.input) == ["s.h5", "a.nc", "b.nc"]
+    assert sm.output[0] == "out.nc" and sm.log[0] is None
+    assert sm.params.members == 4 and sm.params.s_churn == 0.5
+    assert sm.params.period == {"start": "2001-03-01", "end": "2001-03-10"}
+    assert sm.wildcards.year == 2001 and sm.input.get("stats_from") is None and sm.resources.get("device", "auto") == "auto"
+    with pytest.raises(AttributeError, match="no 'members'"):
+        _ = sm.input.members
+
+
+def test_a_script_runs_by_hand_on_real_files(tmp_path):
+    config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    out = tmp_path / "raw.nc"
+    proc = subprocess.run(
+        [
+            sys.executable, str(ROOT / "scripts/download.py"),
+            "--output", str(out),
+            "--wildcards", "year=2001", "month=2",
+            "--params", f"config={yaml.safe_dump(config, default_flow_style=True, width=10**6).strip()}",
+            "config_hash=abc123", "run_name=by-hand",
+        ],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with xr.open_dataset(out) as ds:
+        assert ds.attrs["config_hash"] == "abc123" and ds.attrs["run_name"] == "by-hand"
+        expected = synthetic_month(config, 2001, 2)
+        assert ds.sizes["time"] == 28 * len(config["data"]["hours"])
+        np.testing.assert_allclose(ds["t"].values, expected["t"].values, rtol=1e-6)

@@ -1,0 +1,52 @@
+"""Running the workflow in a temporary copy of the repository, and reading what Snakemake plans."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+WORKFLOW_FILES = ["Snakefile", "workflow", "scripts", "config", "envs", "profiles"]
+
+
+def copy_workflow(dest: Path) -> Path:
+    """The workflow's files copied into `dest` (which becomes the working directory of a run)."""
+    for name in WORKFLOW_FILES:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    return dest
+
+
+def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`snakemake *args` in `cwd`, with this interpreter's environment only."""
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(cwd)}
+    proc = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def planned_jobs(cwd: Path, *args: str) -> list[dict[str, str]]:
+    """The jobs a dry run plans: for each, its rule and the text of its fields (output, resources ...)."""
+    proc = snakemake(cwd, "-n", *args)
+    jobs = []
+    for block in re.split(r"^(?=(?:local)?rule \w+:)", proc.stdout + proc.stderr, flags=re.M):
+        rule = re.search(r"^(?:localrule|rule) (\w+):", block, flags=re.M)
+        if rule:
+            fields = dict(re.findall(r"^\s+(\w+): (.*)$", block, flags=re.M))
+            jobs.append({"rule": rule.group(1), **fields})
+    return jobs
+
+
+def config_variant(repo: Path, name: str, replacements: list[tuple[str, str]], base: str = "test.yaml") -> str:
+    """Write config/<name>.yaml as config/`base` with the text replacements (old, new); its path."""
+    text = (repo / "config" / base).read_text()
+    for old, new in replacements:
+        assert old in text, f"{old!r} not in {base}"
+        text = text.replace(old, new)
+    (repo / "config" / f"{name}.yaml").write_text(text)
+    return f"config/{name}.yaml"
