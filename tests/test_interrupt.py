@@ -2,7 +2,8 @@
 
 A real run of the workflow on config/test.yaml with a training too long to finish: once
 its ``geodiff train`` process runs, Snakemake alone gets the signal, and within seconds no
-process of that training may be left, and Snakemake has exited.
+process of that training may be left, and Snakemake has exited. With profiles/slurm the
+training is a SLURM job, which must be cancelled.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from slurm_cluster import FAST_POLLING, NO_RETRIES, ClusterInfo, clean_env, job_processes
 from workflow_run import SNAKEMAKE, config_variant, copy_workflow, snakemake
 
 pytestmark = pytest.mark.slow
@@ -84,4 +86,41 @@ def test_training_stops_with_snakemake(workflow: tuple[Path, str], signum: signa
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=30)
+        snakemake(repo, "--unlock", "--configfile", cfg, check=False)
+
+
+def slurm_job_state(job_id: str) -> str:
+    record = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30).stdout
+    return record.split("JobState=", 1)[1].split()[0] if "JobState=" in record else ""
+
+
+@pytest.mark.slurm
+def test_slurm_training_job_cancelled_with_snakemake(slurm_cluster: ClusterInfo, workflow: tuple[Path, str]) -> None:
+    repo, cfg = workflow
+    cmd = [*SNAKEMAKE, "--profile", "profiles/slurm", *FAST_POLLING, *NO_RETRIES, "--configfile", cfg,
+           "--until", "train_deterministic"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=repo, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)  # fmt: skip
+    logs = repo / ".snakemake/slurm_logs/rule_train_deterministic"
+    job = ""
+    try:
+        deadline = time.monotonic() + 180
+        training: list[psutil.Process] = []
+        while not training and time.monotonic() < deadline and proc.poll() is None:
+            job = next((p.stem for p in logs.glob("*.log")), "")
+            training = [psutil.Process(pid) for pid in job_processes(job)] if job else []
+            training = [p for p in training if "geodiff train" in " ".join(p.cmdline())]
+            time.sleep(0.2)
+        assert training, f"no running training job:\n{proc.communicate()[0][-3000:] if proc.poll() is not None else ''}"
+        proc.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(training, timeout=STOP_WITHIN_S)
+        assert not alive, f"still running {STOP_WITHIN_S:.0f} s after SIGTERM to snakemake: {alive}"
+        assert slurm_job_state(job) == "CANCELLED"
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+        if job:
+            subprocess.run(["scancel", job], check=False, timeout=30)
         snakemake(repo, "--unlock", "--configfile", cfg, check=False)

@@ -257,8 +257,10 @@ def hypsometric_height(t: Array, p: Array, axis: int = -3, z_bottom: Array | flo
         if level < 0:
             raise ValueError(f"z_bottom of shape {tuple(zb.shape)} does not broadcast to one level of shape {tuple(t.shape)}")
         zb = zb.reshape(tuple(zb.shape[:level]) + (1,) + tuple(zb.shape[level:]))
-    z0 = xp.zeros_like(_along(t, ax, slice(0, 1))) + zb
-    return xp.concatenate([z0, z0 + xp.cumsum(dz, ax)], axis=ax)
+    heights = [xp.zeros_like(_along(t, ax, slice(0, 1))) + zb]
+    for k in range(dz.shape[ax]):  # a running sum, not cumsum: torch.compile fuses it with the rest
+        heights.append(heights[-1] + _along(dz, ax, slice(k, k + 1)))
+    return xp.concatenate(heights, axis=ax)
 
 
 # --------------------------------------------------------------------------
