@@ -4,7 +4,7 @@ from snakemake.utils import min_version, validate
 
 from geodiff.workflow import check_config, check_keys
 
-min_version("8.0")
+min_version("9.0")
 
 
 configfile: "config/config.yaml"

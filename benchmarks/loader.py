@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from snakemake.utils import validate
 from torch.utils.data import DataLoader
 
 from geodiff.data.loader import StoreDataset
@@ -57,7 +58,7 @@ def loader_rate(store: str, priors: list[str], batch_size: int, batches: int) ->
 
 def training_rate(store: str, config: dict, batch_size: int, steps: int) -> float:
     dataset = StoreDataset(store, config["priors"]["names"])
-    cfg = TrainConfig.from_config(config)
+    cfg = TrainConfig.from_config(config, "deterministic")
     model = build_model("deterministic", len(config["levels"]), len(cfg.prior_names), cfg.width, cfg.depth)
     physics = PhysicsLoss(cfg.loss_weights, cfg.charbonnier_eps, config["levels"], torch.from_numpy(dataset.t_mean.ravel()), torch.from_numpy(dataset.t_std.ravel()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -74,6 +75,7 @@ def training_rate(store: str, config: dict, batch_size: int, steps: int) -> floa
 
 def main() -> None:
     config = yaml.safe_load(Path(sys.argv[1] if len(sys.argv) > 1 else "config/config.yaml").read_text())
+    validate(config, "workflow/schemas/config.schema.yaml", set_default=True)  # the schema's defaults, as the workflow
     batch_size = int(config["train"]["batch_size"])
     with tempfile.TemporaryDirectory() as tmp:
         store = make_store(config, Path(tmp))

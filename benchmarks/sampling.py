@@ -1,8 +1,8 @@
 """Ensemble skill and cost against the number of Heun sampler steps, GeoDiff's against EDM's.
 
-    python benchmarks/sampling.py [results] [--members 8] [--samples 24]
+    python benchmarks/sampling.py [results/default] [--members 8] [--samples 24]
 
-Uses the trained models and test store of a finished run (default: results/ of
+Uses the trained models and test store of a finished run (default: results/default/ of
 `make run`). For 8, 18, 32 and 64 steps it samples the same test times with the same
 noise, in one process, with GeoDiff's sampler (Heun in the scaled variables, the
 default) and with EDM's Algorithm 2 as published (Heun in x against σ), and prints the
@@ -29,7 +29,7 @@ NAMES = {"scaled": "GeoDiff", "edm": "EDM"}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", nargs="?", default="results")
+    parser.add_argument("results", nargs="?", default="results/default")
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--samples", type=int, default=24, help="first N test times")
     args = parser.parse_args()

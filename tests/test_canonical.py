@@ -55,19 +55,16 @@ def era5_style(year: int = 2021, month: int = 2, hours: tuple[int, ...] = (0, 12
     )
 
 
-def canonical(config: dict | None = None) -> xr.Dataset:
+def canonical() -> xr.Dataset:
     """`era5_style` data canonicalised, as from a local file era5.nc."""
-    return canonicalize(era5_style(), "local", "era5.nc", config=config)
+    return canonicalize(era5_style(), "local", "era5.nc")
 
 
 # -- canonicalize ------------------------------------------------------------------------------
 
 
-def test_canonicalize_era5_names_orientation_and_values(make_config: Callable[..., dict]) -> None:
-    config = make_config()
-    ds = canonicalize(
-        era5_style(), "cds", "era5.nc", request={"variable": ["temperature"], "key": "SECRET"}, config=config
-    )
+def test_canonicalize_era5_names_orientation_and_values() -> None:
+    ds = canonicalize(era5_style(), "cds", "era5.nc", request={"variable": ["temperature"], "key": "SECRET"})
     assert ds["t"].dims == ("time", "level", "lat", "lon")
     assert ds["lat"].values.tolist() == [41.0, 42.0, 43.0, 44.0]
     assert ds["lon"].values.tolist() == [-2.0, -1.0, 0.0, 1.0]  # 358, 359 rolled to the west
@@ -82,7 +79,6 @@ def test_canonicalize_era5_names_orientation_and_values(make_config: Callable[..
     assert ds["z"].attrs["units"] == "m2 s-2" and ds["level"].attrs["units"] == "hPa"
     assert set(ds.coords) == {"time", "level", "lat", "lon"}  # number, expver dropped
     assert ds.attrs["source"] == "cds" and ds.attrs["geodiff_version"] == __version__
-    assert ds.attrs["config_hash"] == config_hash(config)
     assert json.loads(ds.attrs["source_request"]) == {"variable": ["temperature"]}  # the key is scrubbed
     assert "SECRET" not in json.dumps(ds.attrs)
 
@@ -244,8 +240,8 @@ def test_validate_statics(make_config: Callable[..., dict]) -> None:
 # -- files -----------------------------------------------------------------------------------
 
 
-def test_write_netcdf_round_trip_leaves_no_temporary(tmp_path: Path, make_config: Callable[..., dict]) -> None:
-    ds = canonical(make_config())
+def test_write_netcdf_round_trip_leaves_no_temporary(tmp_path: Path) -> None:
+    ds = canonical()
     write_netcdf(ds, tmp_path / "out" / "2021-02.nc")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["2021-02.nc"]
     back = open_any(tmp_path / "out" / "2021-02.nc")

@@ -75,8 +75,11 @@ def test_stability_loss_against_an_independent_sigma():
 
 
 def test_coupling_loss_zero_for_hypsometric_z_and_exact_for_a_warm_bias():
-    t = columns()
-    z = G * hypsometric_height(t, LEVELS, z_bottom=120.0)
+    # an isothermal column at T0 has the closed-form geopotential z(p) = g z_b + R_d T0 ln(p_0/p)
+    t0, z_b = 250.0, 120.0
+    t = torch.full_like(columns(), t0)
+    p = LEVELS.numpy()
+    z = torch.as_tensor(G * z_b + R_D * t0 * np.log(p[0] / p), dtype=t.dtype).reshape(-1, 1, 1).expand_as(t)
     assert float(coupling_loss(t, z, LEVELS)) == pytest.approx(0.0, abs=1e-9)
     # +ΔT everywhere thickens layer k by R_d ΔT/g ln(p_k/p_{k+1}) m, independent of T
     dT, eps = 1.5, 0.01

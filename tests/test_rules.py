@@ -1,5 +1,8 @@
-"""The workflow's DAG, read from Snakemake's dry runs: run folders, resources, local inputs, scripts by hand."""
+"""The workflow's DAG, read from Snakemake's dry runs: run folders, resources, local inputs, scripts by hand,
+what each stage's hash covers, and params read by their scripts."""
 
+import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +11,12 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from snakemake.utils import validate as validate_schema
 
 from geodiff.data.synthetic import synthetic_month, synthetic_statics
 from geodiff.stand_in import stand_in
+from geodiff.train.config import TrainConfig
+from geodiff.workflow import stage_hashes, training_config
 from workflow_run import ROOT, config_variant, copy_workflow, planned_jobs, snakemake
 
 
@@ -136,3 +142,88 @@ def test_a_script_runs_by_hand_on_real_files(tmp_path):
         expected = synthetic_month(config, 2001, 2)
         assert ds.sizes["time"] == 28 * len(config["data"]["hours"])
         np.testing.assert_allclose(ds["t"].values, expected["t"].values, rtol=1e-6)
+
+
+def resolved_test_config() -> dict:
+    """config/test.yaml with the schema's defaults filled in, as the workflow sees it."""
+    config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    validate_schema(config, str(ROOT / "workflow/schemas/config.schema.yaml"), set_default=True)
+    return config
+
+
+def edited(config: dict, key: str, value) -> dict:
+    out = copy.deepcopy(config)
+    *parents, last = key.split(".")
+    node = out
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    return out
+
+
+STORES = {"store_train", "store_val", "store_test"}
+MODELS = {"deterministic", "residual", "ablation_no_priors"}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "changed"),
+    [
+        ("model.residual_width", 12, {"residual", "sample"}),
+        ("train.residual_steps", 3, {"residual", "sample"}),
+        ("train.ema_decay", 0.5, {"residual", "sample"}),
+        ("model.width", 12, {"deterministic", "ablation_no_priors", "sample"}),
+        ("loss.gradient.weight", 0.3, {"deterministic", "ablation_no_priors", "sample"}),
+        ("train.lr", 1e-4, MODELS | {"sample"}),
+        ("train.device", "cuda", set()),
+        ("train.checkpoint_every", 7, set()),
+        ("data.cds.retries", 9, set()),
+        ("data.cds.local_download", True, set()),
+        ("data.period.end", "2001-04", set()),
+        ("data.period.start", "2000-12", {"statics"}),
+        ("splits.test.end", "2001-03-12", {"store_test"}),
+        ("splits.train.start", "2001-01-02", {"store_train"}),
+        ("regrid.upsample", "bilinear", {"regrid_weights", "regrid"} | STORES),
+        ("priors.names", ["theta"], STORES | MODELS | {"sample"}),
+        ("evaluate.sampler_steps", 9, {"sample"}),
+        ("evaluate.split", "val", set()),
+    ],
+)
+def test_a_setting_changes_the_hash_of_exactly_the_artifacts_it_shapes(key, value, changed):
+    config = resolved_test_config()
+    before, after = stage_hashes(config), stage_hashes(edited(config, key, value))
+    assert set(before) == set(after)
+    assert {stage for stage in before if before[stage] != after[stage]} == changed
+
+
+def test_a_model_records_the_hash_of_its_rule_params():
+    """`geodiff train` hashes the params it is given; the workflow lists the same number per model."""
+    config = resolved_test_config()
+    hashes = stage_hashes(config)
+    for stage, ablation, name in [("deterministic", None, "deterministic"), ("residual", None, "residual"),
+                                  ("deterministic", "no_priors", "ablation_no_priors")]:
+        params = yaml.safe_load(yaml.safe_dump(training_config(config, stage, ablation)))  # as the CLI reads them
+        assert TrainConfig.from_config(params, stage).hash == hashes[name]
+    assert TrainConfig.from_config(config, "residual").hash == hashes["residual"]  # the resolved config: the same
+
+
+def rule_params() -> dict[str, tuple[str, set[str]]]:
+    """Each rule run by a script: its script path and the names of its params, read from the rule files."""
+    rules = {}
+    for smk in sorted((ROOT / "workflow/rules").glob("*.smk")):
+        for block in re.split(r"^(?=rule |use rule )", smk.read_text(), flags=re.M):
+            name = re.match(r"(?:use )?rule (\w+)", block)
+            script = re.search(r"^    script:\n\s+\"([^\"]+)\"", block, flags=re.M)
+            params = re.search(r"^    params:\n((?:        .*\n)+)", block, flags=re.M)
+            if name and script and params:
+                names = set(re.findall(r"^        (\w+)=", params.group(1), flags=re.M))
+                rules[name.group(1)] = ((smk.parent / script.group(1)).resolve(), names)
+    return rules
+
+
+def test_every_param_of_a_script_rule_is_read_by_its_script():
+    rules = rule_params()
+    assert {"download", "statics", "regrid", "regrid_weights", "priors", "sample", "baselines"} <= set(rules)
+    for rule, (script, names) in rules.items():
+        text = script.read_text()
+        unread = sorted(n for n in names if f"snakemake.params.{n}" not in text)
+        assert unread == [], f"rule {rule}: params {unread} are never read by {script.name}"

@@ -16,7 +16,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import yaml
 from snakemake.utils import validate as validate_schema
 from torch.utils.data import DataLoader
 
@@ -26,7 +25,7 @@ from geodiff.cli import main as cli_main
 from geodiff.data.loader import StoreDataset
 from geodiff.evaluate.sampling import ensemble_prediction
 from geodiff.model.networks import DeterministicModel, ResidualModel, load_model
-from geodiff.train.config import DEFAULT_CHECKPOINT_EVERY, RunSettings, TrainConfig
+from geodiff.train.config import RunSettings, TrainConfig
 from geodiff.train.loop import VALIDATION_SIGMAS, TrainingDiverged, train, validate
 from test_store import PRIORS, build, months  # noqa: F401 (months: the module fixture build() reads)
 
@@ -80,9 +79,10 @@ def test_trained_unet_beats_bicubic(stores, unet):
     assert load_model(str(path)).prior_names == ["theta", "lapse_rate", "static_stability"]
     state = load_checkpoint(path)
     assert state["geodiff_version"] == __version__
-    assert state["config_hash"] == TrainConfig.from_config(cfg).hash
-    assert TrainConfig.from_config(with_train(cfg, lr=1e-3)).hash != state["config_hash"]
-    assert TrainConfig.from_config(with_train(cfg, device="cuda", checkpoint_every=7)).hash == state["config_hash"]
+    assert state["config_hash"] == TrainConfig.from_config(cfg, "deterministic").hash
+    assert TrainConfig.from_config(with_train(cfg, lr=1e-3), "deterministic").hash != state["config_hash"]
+    run_only = with_train(cfg, device="cuda", checkpoint_every=7)
+    assert TrainConfig.from_config(run_only, "deterministic").hash == state["config_hash"]
 
 
 def test_residual_model_is_scaled_per_level_and_samples(stores, unet, tmp_path):
@@ -187,7 +187,7 @@ def test_a_non_finite_loss_fails_the_training_and_writes_nothing(stores, tmp_pat
 def train_until_checkpoint(d: Path, out: Path, config: dict, timeout: float = 240.0) -> tuple[dict, str]:
     """Run `geodiff train` in a process with a checkpoint every 2 steps and SIGKILL it as soon as it has
     written a checkpoint of `config`; return that checkpoint and the process's log."""
-    expected = TrainConfig.from_config(config).hash
+    expected = TrainConfig.from_config(config, "deterministic").hash
     log = out.parent / f"train-{expected}.log"
     ckpt = Path(f"{out}.ckpt")
     cmd = [sys.executable, "-m", "geodiff", "train", "--stage", "deterministic", "--train", str(d / "train.h5"),
@@ -242,9 +242,10 @@ def test_run_settings_come_from_the_command_line_first():
     config = {"train": {"device": "cuda", "checkpoint_every": 20}}
     assert RunSettings.resolve(config) == RunSettings("cuda", 20)
     assert RunSettings.resolve(config, "cpu", 5) == RunSettings("cpu", 5)
-    assert RunSettings.resolve({"train": {}}) == RunSettings("auto", DEFAULT_CHECKPOINT_EVERY)
-    schema = yaml.safe_load(SCHEMA.read_text())
-    assert schema["properties"]["train"]["properties"]["checkpoint_every"]["default"] == DEFAULT_CHECKPOINT_EVERY
+    with pytest.raises(KeyError, match="'train.device' is missing"):  # the schema holds the default, no copy here
+        RunSettings.resolve({"train": {}}, checkpoint_every=5)
+    with pytest.raises(KeyError, match="'train.checkpoint_every' is missing"):
+        RunSettings.resolve({"train": {}}, "cpu")
 
 
 def test_a_missing_config_key_is_named(stores):
@@ -252,7 +253,7 @@ def test_a_missing_config_key_is_named(stores):
     broken = copy.deepcopy(config)
     del broken["model"]["residual_width"]
     with pytest.raises(KeyError, match="'model.residual_width' is missing"):
-        TrainConfig.from_config(broken)
+        TrainConfig.from_config(broken, "residual")
 
 
 @pytest.mark.parametrize("members", ["0", "1"])
@@ -263,7 +264,7 @@ def test_sample_refuses_an_ensemble_nothing_can_score(stores, tmp_path, capsys, 
         cli_main(["sample", "--store", str(d / "val.h5"), "--deterministic", "d.pt", "--residual", "r.pt",
                   "--out", str(out), "--members", members])
     assert exit_info.value.code != 0
-    assert "--members: must be >= 2" in capsys.readouterr().err
+    assert "ensemble members must be >= 2" in capsys.readouterr().err
     assert not out.exists()
     with pytest.raises(ValueError, match="members must be >= 2"):
         ensemble_prediction(str(d / "val.h5"), "d.pt", "r.pt", members=int(members))

@@ -10,12 +10,26 @@ import pytest
 import xarray as xr
 import yaml
 
+from geodiff.checkpoint import load_checkpoint
 from workflow_run import ROOT, config_variant, copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 RUN = "results/test"
-STAGE_OF = {"raw": "data", "regrid": "regrid", "priors": "store", "baselines": "train", "samples": "sample"}
-"""Which stage's config hash each artifact folder records."""
+
+
+def stage_of(name) -> str:
+    """Which stage's config hash an artifact (path under the run folder) records."""
+    folder, stem = name.parts[0], name.stem
+    if folder == "raw":
+        return "statics" if stem == "statics" else "data"
+    if folder == "regrid":
+        return "regrid_weights" if stem.startswith("weights_") else "regrid"
+    if folder == "priors":
+        return f"store_{stem}"
+    if folder == "baselines":
+        split, baseline = stem.split("_", 1)
+        return f"store_{split}" if baseline in ("bicubic", "bilinear") else baseline
+    return {"samples": "sample", "models": stem}[folder]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +117,9 @@ def test_resolved_config_and_every_artifact_record_their_provenance(run):
     hashes = resolved["config_hashes"]
     assert resolved["run_name"] == "test" and resolved["geodiff_version"]
     assert resolved["train"]["checkpoint_every"] == 20 and resolved["regrid"]["backend"] == "auto"  # schema defaults in
-    assert set(hashes) == {"data", "regrid", "store", "train", "sample"} and len(set(hashes.values())) == 5
+    stages = {"data", "statics", "regrid_weights", "regrid", "store_train", "store_val", "store_test",
+              "deterministic", "residual", "ablation_no_priors", "sample"}
+    assert set(hashes) == stages and len(set(hashes.values())) == len(stages)
     artifacts = sorted((run / RUN).rglob("*.nc")) + sorted((run / RUN).rglob("*.h5"))
     assert len(artifacts) == 18  # 4 raw, 3 weights, 3 regrid, 3 stores, 4 baselines, 1 ensemble
     for path in artifacts:
@@ -112,7 +128,11 @@ def test_resolved_config_and_every_artifact_record_their_provenance(run):
         name = path.relative_to(run / RUN)
         assert attrs.get("geodiff_version") == resolved["geodiff_version"], name
         assert attrs.get("run_name") == "test", name
-        assert attrs.get("config_hash") == hashes[STAGE_OF[name.parts[0]]], name
+        assert attrs.get("config_hash") == hashes[stage_of(name)], name
+    models = sorted((run / RUN / "models").glob("*.pt"))
+    assert len(models) == 3
+    for path in models:  # a model is matched to its run by the same number
+        assert load_checkpoint(path)["config_hash"] == hashes[stage_of(path.relative_to(run / RUN))], path.name
 
 
 def test_run_settings_never_retrain(run):
@@ -128,6 +148,50 @@ def test_run_settings_never_retrain(run):
     )
     dry = snakemake(run, "-n", "--configfile", changed)
     assert "Nothing to be done" in dry.stdout + dry.stderr, (dry.stdout + dry.stderr)[-3000:]
+
+
+def planned_after(run, name: str, replacements: list[tuple[str, str]], *targets: str) -> list[str]:
+    """The outputs a dry run plans after the completed run, with config/test.yaml edited."""
+    jobs = planned_jobs(run, *targets, "--configfile", config_variant(run, name, replacements))
+    return sorted(p.removeprefix(f"{RUN}/") for job in jobs for p in job.get("output", "").split(", ") if p)
+
+
+EVALUATION = ["baselines/test_ablation_no_priors.nc", "baselines/test_deterministic.nc", "figures",
+              "metrics.csv", "metrics_by_level.csv"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("residual_width: 8", "residual_width: 12"), ("ema_decay: 0.9", "ema_decay: 0.8"),
+     ("residual_steps: 40", "residual_steps: 30")],
+)
+def test_a_diffusion_setting_retrains_the_diffusion_model_only(run, old, new):
+    planned = planned_after(run, "diffusion", [(old, new)])
+    assert planned == ["figures", "metrics.csv", "metrics_by_level.csv", "models/residual.pt",
+                       "samples/test_ensemble.nc"]
+
+
+def test_a_learning_rate_reruns_no_interpolation(run):
+    planned = planned_after(run, "lr", [("lr: 2.0e-3", "lr: 1.0e-3")])
+    assert planned == sorted([*EVALUATION, "models/ablation_no_priors.pt", "models/deterministic.pt",
+                              "models/residual.pt", "samples/test_ensemble.nc"])
+
+
+def test_download_settings_rerun_nothing(run):
+    edit = ("  allow_nans: false\n", "  allow_nans: false\n  cds: {retries: 5, local_download: true}\n")
+    assert planned_after(run, "cds", [edit]) == []
+
+
+def test_a_month_more_downloads_and_regrids_that_month_only(run):
+    planned = planned_after(run, "april", [('end: "2001-03"}', 'end: "2001-04"}')], f"{RUN}/regrid/2001-04.nc",
+                            f"{RUN}/metrics.csv")
+    assert planned == ["raw/2001-04.nc", "regrid/2001-04.nc"]
+
+
+def test_moving_the_test_split_rebuilds_its_store_only(run):
+    planned = planned_after(run, "test_split", [('end: "2001-03-10"', 'end: "2001-03-12"')])
+    assert planned == sorted([*EVALUATION, "baselines/test_bicubic.nc", "baselines/test_bilinear.nc",
+                              "priors/test.h5", "samples/test_ensemble.nc"])
 
 
 def test_another_run_plans_only_in_its_own_folder(run):

@@ -43,11 +43,26 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _writer_alive(tmp: Path, final: Path) -> bool:
+    """True when `tmp` (``.<name>.<host>.<pid>.<id>.tmp``) belongs to a process still running on this host."""
+    host, _, rest = tmp.name[len(final.name) + 2 : -len(".tmp")].rpartition(".")[0].rpartition(".")
+    if host != socket.gethostname() or not rest.isdigit():
+        return False
+    try:
+        os.kill(int(rest), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
 def _remove_stale_tmp(path: Path, older_than: float) -> None:
-    """Remove leftovers of earlier, killed writes of `path` last modified before `older_than` (epoch s)."""
+    """Remove leftovers of earlier, killed writes of `path` last modified before `older_than` (epoch s),
+    except those of a writer that is still running on this host (a slow write is not a leftover)."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         try:
-            if tmp.stat().st_mtime < older_than:
+            if tmp.stat().st_mtime < older_than and not _writer_alive(tmp, path):
                 tmp.unlink()
                 log.info("removed leftover %s", tmp)
         except FileNotFoundError:

@@ -2,7 +2,7 @@
 
     geodiff train --stage deterministic|residual --train priors/train.h5 --val priors/val.h5 --out model.pt --config-json '{...}' [--device cpu] [--checkpoint-every 250]
     geodiff sample --store priors/test.h5 --deterministic d.pt --residual r.pt --out ensemble.nc --members 8 [--sampler scaled|edm]
-    geodiff evaluate --store priors/test.h5 --model-path models/ --ensemble e.nc --baselines b1.nc b2.nc --out results/
+    geodiff evaluate --store priors/test.h5 --model-path models/ --ensemble e.nc --baselines b1.nc b2.nc --out results/default/
 """
 
 from __future__ import annotations
@@ -42,11 +42,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def _members(text: str) -> int:
     """--members: an integer of at least 2 (an ensemble of one has no spread and no fair CRPS)."""
-    from geodiff.evaluate.sampling import MIN_MEMBERS
+    from geodiff.evaluate.sampling import check_members
 
     members = int(text)
-    if members < MIN_MEMBERS:
-        raise argparse.ArgumentTypeError(f"must be >= {MIN_MEMBERS} (spread and fair CRPS need two members), got {members}")
+    try:
+        check_members(members)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return members
 
 
@@ -79,9 +81,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--deterministic", help="deterministic model (.pt), for --stage residual")
     t.add_argument("--logdir", default="results/logs/tensorboard", help="TensorBoard folder")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"],
-                   help="where to train; overrides train.device of the config (default there, else auto)")
+                   help="where to train; required unless the config has train.device (a resolved config does)")
     t.add_argument("--checkpoint-every", type=_positive, metavar="N",
-                   help="steps between resumable checkpoints; overrides train.checkpoint_every of the config")
+                   help="steps between resumable checkpoints; required unless the config has train.checkpoint_every")
     cfg = t.add_mutually_exclusive_group(required=True)
     cfg.add_argument("--config", help="resolved config YAML (every key present, e.g. the run's config.resolved.yaml)")
     cfg.add_argument("--config-json", help="resolved config as a JSON string")

@@ -13,8 +13,6 @@ G = 9.80665
 """Standard gravity, m s-2."""
 P0_HPA = 1000.0
 """Reference pressure of potential temperature, hPa."""
-EARTH_RADIUS = 6371229.0
-"""Radius of the Earth, m."""
 
 TIME, LEVEL, LAT, LON = "time", "level", "lat", "lon"
 """Canonical dimension names (DESIGN.md section 3)."""

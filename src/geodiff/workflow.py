@@ -17,6 +17,7 @@ import yaml
 from geodiff import __version__
 from geodiff.atomic import atomic_write
 from geodiff.provenance import config_hash
+from geodiff.train.config import stage_config
 
 SPLITS = ("train", "val", "test")
 
@@ -159,14 +160,16 @@ ABLATIONS = {
 }
 """Ablations of the deterministic model, each a change to its training config."""
 
-RUN_ONLY = ("device", "checkpoint_every", "launcher", "resources")
-"""Keys of `train` that say how a training runs, not what it makes: never part of a model's definition."""
+CDS_RUN_ONLY = ("retries", "local_download")
+"""Keys of `data.cds` that say how a download runs (attempts, on which host), not what it fetches."""
 
 
-def training_config(config: Mapping[str, Any], ablation: str | None = None) -> dict:
-    """The keys that define a trained model (never evaluation-only or run-only ones), with an ablation applied."""
-    out = {k: copy.deepcopy(config[k]) for k in ("seed", "levels", "priors", "model", "loss")}
-    out["train"] = {k: v for k, v in config["train"].items() if k not in RUN_ONLY}
+def training_config(config: Mapping[str, Any], stage: str, ablation: str | None = None) -> dict:
+    """The keys that shape one stage's model (:func:`geodiff.train.config.stage_config`), with an
+    ablation of the deterministic U-Net applied: the training rule's params, whose hash the model records."""
+    out = stage_config(dict(config), stage)
+    if ablation is not None and stage != "deterministic":
+        raise ValueError(f"ablation {ablation!r} is of the deterministic stage, not {stage!r}")
     if ablation == "no_priors":
         out["model"]["use_priors"] = False
     elif ablation == "no_physics_loss":
@@ -180,23 +183,43 @@ SAMPLE_KEYS = ("ensemble_size", "sampler", "sampler_steps", "s_churn")
 """Keys of `evaluate` that shape an ensemble (the others choose what is scored)."""
 
 
-def stage_configs(config: Mapping[str, Any]) -> dict[str, dict]:
-    """The config keys that define the artifacts of each stage, each stage including the ones before.
+def _data_keys(config: Mapping[str, Any]) -> dict:
+    """`data` without its period (a month is named by its file) and without how a download runs."""
+    data = {k: copy.deepcopy(v) for k, v in config["data"].items() if k != "period"}
+    if "cds" in data:
+        data["cds"] = {k: v for k, v in data["cds"].items() if k not in CDS_RUN_ONLY}
+    return data
 
-    data: raw months and statics; regrid: weights and coarse months; store: the HDF5 stores;
-    train: the models (`training_config`) and the baselines made from them; sample: the ensembles.
-    A stage's hash is a param of its rules, so it holds nothing that does not change their output.
+
+def stage_configs(config: Mapping[str, Any]) -> dict[str, dict]:
+    """The config keys that define each artifact, and nothing else: a stage's hash is a param of its
+    rules, so a key that does not change their output would rerun them for nothing.
+
+    data: a raw month; statics: the fine-grid statics (requested for the period's first hour);
+    regrid_weights: the weights of each method; regrid: a coarse month; store_<split>: the HDF5
+    store of a split (its own period only; val/test also read the train store's statistics,
+    through their input); deterministic, residual, ablation_<name>: the models (the training
+    rule's params, :func:`training_config`); sample: the ensembles.
     """
-    data = {k: config[k] for k in ("seed", "data", "grid", "levels")}
+    data = {"seed": config["seed"], "data": _data_keys(config), "grid": config["grid"], "levels": config["levels"]}
+    statics = {**data, "data": {**data["data"], "period": {"start": config["data"]["period"]["start"]}}}
     regrid = {**data, "regrid": config["regrid"]}
-    store = {**regrid, "priors": config["priors"], "splits": config["splits"]}
-    train = {**store, **training_config(config)}
-    sample = {**train, "evaluate": {k: config["evaluate"][k] for k in SAMPLE_KEYS}}
-    return {"data": data, "regrid": regrid, "store": store, "train": train, "sample": sample}
+    stages = {"data": data, "statics": statics, "regrid_weights": {"grid": config["grid"], "regrid": config["regrid"]},
+              "regrid": regrid}
+    for split in SPLITS:
+        stages[f"store_{split}"] = {**regrid, "priors": config["priors"], "period": config["splits"][split]}
+    stages["deterministic"] = training_config(config, "deterministic")
+    stages["residual"] = training_config(config, "residual")
+    for ablation in config["ablations"]:
+        stages[f"ablation_{ablation}"] = training_config(config, "deterministic", ablation)
+    stages["sample"] = {"seed": config["seed"], "evaluate": {k: config["evaluate"][k] for k in SAMPLE_KEYS},
+                        "models": {m: config_hash(stages[m]) for m in ("deterministic", "residual")}}
+    return stages
 
 
 def stage_hashes(config: Mapping[str, Any]) -> dict[str, str]:
-    """`config_hash` of each stage's keys: what an artifact of that stage records."""
+    """`config_hash` of each stage's keys: what an artifact of that stage records (for a model, the
+    same number as :func:`geodiff.train.config.stage_hash` of its params)."""
     return {stage: config_hash(keys) for stage, keys in stage_configs(config).items()}
 
 

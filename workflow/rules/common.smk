@@ -69,11 +69,16 @@ def get_split_period(wildcards):
     return config["splits"][wildcards.split]
 
 
-def data_params():
-    """The config keys that define the downloaded data (nothing downstream), keys sorted at
-    every level so that Snakemake's params trigger sees the same text for the same values.
+def stage_params(stage):
+    """The config keys that define a stage's artifacts (`stage_configs`), keys sorted at every
+    level so that Snakemake's params trigger sees the same text for the same values.
     """
-    return json.loads(json.dumps(stage_configs(config)["data"], sort_keys=True))
+    return json.loads(json.dumps(stage_configs(config)[stage], sort_keys=True))
+
+
+def get_store_hash(wildcards):
+    """Hash of what defines a split's store (that split's period, not the others')."""
+    return HASHES[f"store_{wildcards.split}"]
 
 
 def get_priors_input(wildcards):
@@ -89,16 +94,17 @@ def get_priors_input(wildcards):
     return inputs
 
 
-def train_params(ablation=None):
-    """Everything that defines a trained model, and nothing evaluation-only or run-only (so such
-    changes never retrain); an ablation switches the priors or the physics loss terms off.
+def train_params(stage, ablation=None):
+    """The keys that shape a stage's model and nothing else (so evaluation-only, run-only or other
+    stages' settings never retrain it); an ablation switches the priors or the physics loss terms
+    off. `geodiff train` hashes exactly this into the model file (the stage's `HASHES` entry).
     """
-    return json.dumps(training_config(config, ablation), sort_keys=True)
+    return json.dumps(training_config(config, stage, ablation), sort_keys=True)
 
 
 def get_ablation_params(wildcards):
     """Training params of one ablation of the deterministic U-Net."""
-    return train_params(wildcards.ablation)
+    return train_params("deterministic", wildcards.ablation)
 
 
 def get_deterministic_option(wildcards, input):
@@ -154,6 +160,13 @@ def uses_gpu():
 def evaluate_gpus():
     """GPUs of a job that runs a trained model (sample, baselines): one when a GPU is used."""
     return 1 if uses_gpu() else 0
+
+
+def get_baseline_hash(wildcards):
+    """What defines a baseline: the store for an interpolation, the model's training for a U-Net."""
+    if wildcards.baseline in UPSAMPLERS:
+        return get_store_hash(wildcards)
+    return HASHES[wildcards.baseline]
 
 
 def get_baseline_gpus(wildcards):

@@ -1,4 +1,6 @@
-# Acquisition: one canonical NetCDF per month, plus fine-grid statics.
+# Acquisition: one canonical NetCDF per month, plus fine-grid statics. How a download runs
+# (data.cds.retries: attempts; local_download: on the submit host) is no param, so changing it
+# never reruns a month.
 
 if config["data"]["cds"]["local_download"]:
 
@@ -24,8 +26,9 @@ rule download:
         mem_mb=heavy_mem_mb,
         runtime=60,
         cds=1,
+        cds_retries=config["data"]["cds"]["retries"],
     params:
-        config=data_params(),
+        config=stage_params("data"),
         config_hash=HASHES["data"],
         run_name=config["run_name"],
     script:
@@ -48,9 +51,10 @@ rule statics:
         mem_mb=2000,
         runtime=30,
         cds=1,
+        cds_retries=config["data"]["cds"]["retries"],
     params:
-        config=data_params(),
-        config_hash=HASHES["data"],
+        config=stage_params("statics"),
+        config_hash=HASHES["statics"],
         run_name=config["run_name"],
     script:
         "../../scripts/statics.py"

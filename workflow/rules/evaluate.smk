@@ -61,7 +61,7 @@ rule baselines:
         gpu=get_baseline_gpus,
         device=config["train"]["device"],
     params:
-        config_hash=HASHES["train"],
+        config_hash=get_baseline_hash,
         run_name=config["run_name"],
     script:
         "../../scripts/baselines.py"

@@ -18,11 +18,10 @@ rule priors:
         runtime=60,
     params:
         period=get_split_period,
-        levels=config["levels"],
         priors=config["priors"]["names"],
         upsample=config["regrid"]["upsample"],
         scale_factor=config["grid"]["scale_factor"],
-        config_hash=HASHES["store"],
+        config_hash=get_store_hash,
         run_name=config["run_name"],
     script:
         "../../scripts/priors.py"

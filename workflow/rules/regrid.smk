@@ -17,7 +17,7 @@ rule regrid_weights:
     params:
         grid=config["grid"],
         backend=config["regrid"]["backend"],
-        config_hash=HASHES["regrid"],
+        config_hash=HASHES["regrid_weights"],
         run_name=config["run_name"],
     script:
         "../../scripts/regrid_weights.py"

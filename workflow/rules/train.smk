@@ -30,7 +30,7 @@ rule train_deterministic:
         checkpoint_every=config["train"]["checkpoint_every"],
     params:
         stage="deterministic",
-        config=train_params(),
+        config=train_params("deterministic"),
         deterministic=get_deterministic_option,
         logdir=results("logs/tensorboard/deterministic"),
     shell:
@@ -52,7 +52,7 @@ use rule train_deterministic as train_residual with:
         benchmarks("train_residual")
     params:
         stage="residual",
-        config=train_params(),
+        config=train_params("residual"),
         deterministic=get_deterministic_option,
         logdir=results("logs/tensorboard/residual"),
 

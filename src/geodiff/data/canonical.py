@@ -36,7 +36,6 @@ import xarray as xr
 
 from geodiff import __version__
 from geodiff.constants import CF_ATTRS, DIMS, HPA_TO_PA, LAT, LEVEL, LON, TIME, G
-from geodiff.provenance import config_hash
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,6 @@ def canonicalize(
     path: str | None = None,
     *,
     request: Mapping[str, Any] | None = None,
-    config: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
     """Convert a dataset from any supported source to the canonical form (DESIGN.md section 3).
 
@@ -104,7 +102,6 @@ def canonicalize(
         source: where it came from (``cds``, ``arco``, ``local``, ``synthetic``), stored as attribute.
         path: the file or store it was read from; named in errors and stored as ``source_file``.
         request: the request that produced it (e.g. the CDS request), stored as JSON without secrets.
-        config: the GeoDiff config; its hash is stored as ``config_hash``.
 
     Returns:
         Pressure-level data: ``t`` (K) and, when present, ``z`` (m2 s-2), float32,
@@ -125,7 +122,7 @@ def canonicalize(
     out = _sort_horizontal(out, where)
     for name, coord in ((LAT, out[LAT]), (LON, out[LON])):
         out = out.assign_coords({name: coord.astype(np.float64).assign_attrs(CF_ATTRS[name])})
-    out.attrs = _provenance(ds.attrs, source, path, request, config, notes)
+    out.attrs = _provenance(ds.attrs, source, path, request, notes)
     return out
 
 
@@ -396,10 +393,10 @@ def _provenance(
     source: str,
     path: str | None,
     request: Mapping[str, Any] | None,
-    config: Mapping[str, Any] | None,
     notes: list[str],
 ) -> dict[str, str]:
-    """Global attributes: CF conventions, source, request, config hash, package version, conversions."""
+    """Global attributes: CF conventions, source, request, package version, conversions, history
+    (the config hash is stamped by the download job, which knows the config)."""
     attrs = {k: str(previous[k]) for k in PROVENANCE_KEYS if k in previous}  # canonicalize is idempotent
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     attrs.update(Conventions="CF-1.8", source=source, geodiff_version=__version__)
@@ -407,11 +404,9 @@ def _provenance(
         attrs["source_file"] = str(path)
     if request is not None:
         attrs["source_request"] = json.dumps(_scrub(request), sort_keys=True, default=str)
-    if config is not None:
-        attrs["config_hash"] = config_hash(dict(config))
     if notes:
         attrs["conversions"] = "; ".join(notes)
     history = str(previous.get("history", "")).strip()
     entry = f"{stamp} canonicalised by geodiff {__version__} from {source}"
-    attrs["history"] = f"{history}\n{entry}" if history and "geodiff" in history else entry
+    attrs["history"] = f"{history}\n{entry}" if history else entry
     return attrs

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import xarray as xr
 
 
 @dataclass(frozen=True)
@@ -102,3 +103,9 @@ def grid_pair(grid_config: dict) -> tuple[Grid, Grid]:
 def grids_from_config(config: dict) -> tuple[Grid, Grid]:
     """(hr, lr) grids of a whole GeoDiff config (see :func:`grid_pair`)."""
     return grid_pair(config["grid"])
+
+
+def area_weights(lat: xr.DataArray) -> xr.DataArray:
+    """Area weights of a regular latitude-longitude grid, w = cos(lat) / mean cos(lat) over the latitudes given, 1."""
+    w = np.cos(np.deg2rad(lat))
+    return w / w.mean()

@@ -23,8 +23,9 @@ import numpy as np
 import xarray as xr
 
 from geodiff.constants import LAT, LON
+from geodiff.data.canonical import DataError
 from geodiff.data.files import write_netcdf
-from geodiff.data.grid import grid_pair
+from geodiff.data.grid import area_weights, grid_pair
 from geodiff.data.regrid import Regridder
 
 log = logging.getLogger(__name__)
@@ -41,33 +42,35 @@ def make_regridder(grid_config: dict, method: str, backend: str = "auto") -> Reg
     return Regridder(lr, hr, method, backend)
 
 
-def fill_gaps(coarse: xr.DataArray) -> xr.DataArray:
+def fill_gaps(coarse: xr.DataArray, where: str) -> xr.DataArray:
     """`coarse` (dims (..., lat, lon)) with each NaN replaced by the cos(lat)-weighted
     horizontal mean of the valid cells of its level and time step.
 
-    Raises ValueError when a level has no valid cell at some time step (nothing to fill from).
+    Raises DataError naming `where` (the input file) when a level has no valid cell at
+    some time step (nothing to fill from).
     """
     missing = int(coarse.isnull().sum())
     if missing == 0:
         return coarse
-    mean = coarse.weighted(np.cos(np.deg2rad(coarse[LAT]))).mean((LAT, LON))  # skips NaN
+    mean = coarse.weighted(area_weights(coarse[LAT])).mean((LAT, LON))  # skips NaN
     empty = mean.isnull()
     if bool(empty.any()):
         first = {dim: str(mean[dim].values[i]) for dim, i in zip(mean.dims, np.argwhere(empty.values)[0]) if dim in mean.coords}
-        raise ValueError(
-            f"variable '{coarse.name}': every coarse cell of a level is missing ({int(empty.sum())} times, first at "
+        raise DataError(
+            f"{where}: variable '{coarse.name}': every coarse cell of a level is missing ({int(empty.sum())} times, first at "
             f"{first}): nothing to fill the model input from"
         )
     log.warning(
-        "variable '%s': %d of %d coarse cells missing, filled with the level's horizontal mean at that time",
-        coarse.name, missing, coarse.size,
+        "%s: variable '%s': %d of %d coarse cells missing, filled with the level's cos(lat)-weighted mean at that time",
+        where, coarse.name, missing, coarse.size,
     )
     return coarse.fillna(mean).assign_attrs(filled_cells=missing)
 
 
 def lowres_dataset(raw: xr.Dataset, regridders: dict[str, Regridder]) -> xr.Dataset:
     """`t_coarse` on the coarse grid (gaps filled) plus `t_<method>` on the fine grid for each upsampler, K."""
-    coarse = fill_gaps(regridders["conservative"](raw["t"]).persist())  # persisted: counted, then interpolated
+    where = raw.encoding.get("source", "input")
+    coarse = fill_gaps(regridders["conservative"](raw["t"]).persist(), where)  # persisted: counted, then interpolated
     out = {"t_coarse": coarse.rename(COARSE_DIMS).drop_vars(list(COARSE_DIMS.values()), errors="ignore")}
     for method, regridder in regridders.items():
         if method != "conservative":

@@ -125,6 +125,9 @@ def build_store(
                 if raw.sizes["time"] == 0:
                     continue
                 if written == 0:
+                    if not (np.allclose(statics["lat"].values, raw["lat"].values)
+                            and np.allclose(statics["lon"].values, raw["lon"].values)):
+                        raise ValueError(f"{statics_path}: the statics grid does not match the data grid of {raw_path}")
                     shape = raw["t"].shape[1:]
                     _init_layout(f, raw, statics, prior_names, shape, upsamplers(low), upsample)
                 levels = raw["level"].values
@@ -150,7 +153,10 @@ def build_store(
                 written += raw.sizes["time"]
         if written == 0:
             raise ValueError(f"{out_path}: no time in {period['start']}..{period['end']} in {raw_paths}")
-        _write_stats(f, stats, statics, stats_from)
+        try:
+            _write_stats(f, stats, statics, stats_from)
+        except ValueError as err:
+            raise ValueError(f"{out_path}: {err} in {raw_paths}") from None
         f.attrs.update(geodiff_version=__version__, upsample=upsample, n_samples=written, scale_factor=scale_factor,
                        period=f"{period['start']}..{period['end']}")
         f.attrs.update(attrs)
@@ -183,8 +189,6 @@ def _init_layout(
         units, long_name = PRIORS[name]
         _appendable(f, f"priors/{name}", shape, {"units": units, "long_name": long_name})
     for name in STATICS:
-        if not np.allclose(statics["lat"].values, raw["lat"].values) or not np.allclose(statics["lon"].values, raw["lon"].values):
-            raise ValueError(f"statics grid does not match the data grid ({name})")
         f.create_dataset(f"static/{name}", data=statics[name].values.astype(np.float32)).attrs.update(CF_ATTRS[name])
 
 

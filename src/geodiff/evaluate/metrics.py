@@ -18,18 +18,13 @@ import numpy as np
 import xarray as xr
 
 from geodiff.constants import LAT, LEVEL, LON
+from geodiff.data.grid import area_weights
 from geodiff.physics import thermo
 
 MEMBER = "member"
 """Ensemble member dimension."""
 WAVENUMBER = "wavenumber"
 """Radial wavenumber dimension of spectra, cycles per box."""
-
-
-def area_weights(lat: xr.DataArray) -> xr.DataArray:
-    """Area weights w = cos(lat) / mean cos(lat) over the latitudes given, 1."""
-    w = np.cos(np.deg2rad(lat))
-    return w / w.mean()
 
 
 def _reduce_dims(x: xr.DataArray, dims: Sequence[str] | None) -> list[str]:

@@ -5,7 +5,7 @@ derivative are each written in exactly one function below. Every function takes
 either numpy arrays or torch tensors and returns the same kind: the array
 namespace is picked from the inputs (torch as soon as one input is a tensor),
 and only operations that both namespaces share are used (arithmetic, slicing,
-picking levels by a list of indices, ``log``, ``cumsum``, ``reshape``,
+picking levels by a list of indices, ``log``, ``reshape``,
 ``concatenate``). So the same source serves the evaluation metrics (numpy), the
 training losses (torch, differentiable with autograd, on any device) and the
 priors of the pipeline (:func:`geodiff.physics.priors.compute_priors` runs the

@@ -1,28 +1,35 @@
 """The settings of a training run, read once from the validated config.
 
-:class:`TrainConfig` holds every setting that shapes a trained model; its
-:attr:`TrainConfig.hash` goes into the resumable checkpoint and the model file, so a
-checkpoint of other settings is never resumed. :class:`RunSettings` holds what only
-decides where and how safely the run happens (device, checkpoint interval): it is
-kept out of the hash, and the command line may set it.
+:data:`STAGE_KEYS` lists, per stage, the config keys that shape its model and nothing
+else; :func:`stage_config` selects them and :func:`stage_hash` hashes them. That one
+hash is the training rule's params (the workflow passes exactly :func:`stage_config`),
+the resumable checkpoint's key and the model file's ``config_hash``, so a model is
+matched to its run by ``config.resolved.yaml``. :class:`TrainConfig` holds the stage's
+settings typed; :class:`RunSettings` holds what only decides where and how safely the run
+happens (device, checkpoint interval), outside the hash; the command line may set it.
 
-The defaults live in ``workflow/schemas/config.schema.yaml``: the config given here
+The defaults live in ``workflow/schemas/config.schema.yaml`` only: the config given here
 is the one validated against it (defaults filled in, as the workflow passes it, or a
 run's ``config.resolved.yaml``). A missing key is an error naming the key.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import copy
+from dataclasses import dataclass
 from typing import Any
 
 from geodiff.provenance import config_hash
 
 STAGES = ("deterministic", "residual")
-DEFAULT_DEVICE = "auto"
-"""Device when neither the command line nor the config sets one."""
-DEFAULT_CHECKPOINT_EVERY = 250
-"""Checkpoint interval when neither the command line nor the config sets one: the schema's default."""
+_SHARED = ("seed", "priors.names", "model.use_priors", "model.depth", "train.batch_size", "train.lr",
+           "train.grad_clip", "train.amp", "train.crop")
+STAGE_KEYS = {
+    "deterministic": (*_SHARED, "model.width", "loss", "train.deterministic_steps"),
+    "residual": (*_SHARED, "model.residual_width", "train.residual_steps", "train.ema_decay"),
+}
+"""Dotted config keys that shape each stage's model. The residual model also depends on the
+deterministic model, through its input file (whose digest its checkpoint records)."""
 
 
 def config_value(config: dict, key: str) -> Any:
@@ -37,92 +44,94 @@ def config_value(config: dict, key: str) -> Any:
     return node
 
 
+def stage_config(config: dict, stage: str) -> dict:
+    """The keys of :data:`STAGE_KEYS` for `stage`, nested as in `config` (a deep copy).
+
+    Selecting from its own result gives it back, so the rule's params (this dict) and
+    the full config give the same :func:`stage_hash`.
+    """
+    if stage not in STAGE_KEYS:
+        raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
+    out: dict = {}
+    for key in STAGE_KEYS[stage]:
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = copy.deepcopy(config_value(config, key))
+    return out
+
+
+def stage_hash(config: dict, stage: str) -> str:
+    """`config_hash` of :func:`stage_config`: what the model file, the checkpoint and the run's
+    ``config.resolved.yaml`` record for `stage`."""
+    return config_hash(stage_config(config, stage))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every setting that shapes a trained model (both stages)."""
+    """The settings that shape one stage's model (:data:`STAGE_KEYS`); the other stage's are None."""
 
+    stage: str  # deterministic | residual
+    hash: str  # stage_hash of the config it was read from
     seed: int  # seed of initialisation and data shuffling (rank r uses seed + r)
     prior_names: tuple[str, ...]  # priors fed to the networks; empty when model.use_priors is false
-    width: int  # channels at the finest scale of the deterministic U-Net
-    residual_width: int  # channels at the finest scale of the diffusion model's U-Net
-    depth: int  # lat/lon down-sampling steps of both U-Nets
-    charbonnier_weight: float  # weight of the Charbonnier data-fit term
-    stability_weight: float  # weight of the static-stability term
-    gradient_weight: float  # weight of the horizontal-gradient term
-    coupling_weight: float  # weight of the hypsometric-coupling term
-    charbonnier_eps: float  # ε of every Charbonnier penalty (scaled units of each term)
+    width: int  # channels at the finest scale of this stage's U-Net
+    depth: int  # lat/lon down-sampling steps of the U-Net
     batch_size: int  # samples per optimiser step on each rank
     lr: float  # peak learning rate (AdamW, warm-up then cosine decay)
-    deterministic_steps: int  # optimiser steps of the U-Net
-    residual_steps: int  # optimiser steps of the diffusion model
-    ema_decay: float  # EMA decay of the diffusion model's weights
+    steps: int  # optimiser steps of this stage
     grad_clip: float  # gradient-norm clip
     amp: bool  # bfloat16 autocast where the hardware computes in bfloat16 natively
     crop: int | None  # side of the random square training patches, fine cells (None: whole fields)
+    loss_weights: dict[str, float] | None  # weight of each PhysicsLoss term (deterministic only)
+    charbonnier_eps: float | None  # ε of every Charbonnier penalty, scaled units (deterministic only)
+    ema_decay: float | None  # EMA decay of the diffusion model's weights (residual only)
 
     @classmethod
-    def from_config(cls, config: dict) -> TrainConfig:
-        """Read the training settings from a validated config (see the module docstring)."""
-        get = lambda key: config_value(config, key)  # noqa: E731
+    def from_config(cls, config: dict, stage: str) -> TrainConfig:
+        """Read `stage`'s settings from a validated config or from its :func:`stage_config`."""
+        keys = stage_config(config, stage)
+        get = lambda key: config_value(keys, key)  # noqa: E731
         crop = get("train.crop")
+        deterministic = stage == "deterministic"
         return cls(
+            stage=stage,
+            hash=config_hash(keys),
             seed=int(get("seed")),
             prior_names=tuple(get("priors.names")) if get("model.use_priors") else (),
-            width=int(get("model.width")),
-            residual_width=int(get("model.residual_width")),
+            width=int(get("model.width" if deterministic else "model.residual_width")),
             depth=int(get("model.depth")),
-            charbonnier_weight=float(get("loss.charbonnier.weight")),
-            stability_weight=float(get("loss.stability.weight")),
-            gradient_weight=float(get("loss.gradient.weight")),
-            coupling_weight=float(get("loss.coupling.weight")),
-            charbonnier_eps=float(get("loss.charbonnier.eps")),
             batch_size=int(get("train.batch_size")),
             lr=float(get("train.lr")),
-            deterministic_steps=int(get("train.deterministic_steps")),
-            residual_steps=int(get("train.residual_steps")),
-            ema_decay=float(get("train.ema_decay")),
+            steps=int(get(f"train.{stage}_steps")),
             grad_clip=float(get("train.grad_clip")),
             amp=bool(get("train.amp")),
             crop=None if crop is None else int(crop),
+            loss_weights={term: float(get(f"loss.{term}.weight"))
+                          for term in ("charbonnier", "stability", "gradient", "coupling")} if deterministic else None,
+            charbonnier_eps=float(get("loss.charbonnier.eps")) if deterministic else None,
+            ema_decay=None if deterministic else float(get("train.ema_decay")),
         )
-
-    @property
-    def hash(self) -> str:
-        """Hash of every field (:func:`geodiff.provenance.config_hash`): equal hashes, equal training."""
-        return config_hash(asdict(self))
-
-    @property
-    def loss_weights(self) -> dict[str, float]:
-        """Weight of each term of :class:`geodiff.model.losses.PhysicsLoss`."""
-        return {"charbonnier": self.charbonnier_weight, "stability": self.stability_weight,
-                "gradient": self.gradient_weight, "coupling": self.coupling_weight}
-
-    def steps(self, stage: str) -> int:
-        """Optimiser steps of `stage`."""
-        return self.deterministic_steps if stage == "deterministic" else self.residual_steps
-
-    def network_width(self, stage: str) -> int:
-        """Channels at the finest U-Net scale of `stage`."""
-        return self.width if stage == "deterministic" else self.residual_width
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Settings of one run that never change the trained model (outside :attr:`TrainConfig.hash`)."""
+    """Settings of one run that never change the trained model (outside :func:`stage_hash`)."""
 
     device: str  # auto | cpu | cuda
     checkpoint_every: int  # optimiser steps between resumable checkpoints
 
     @classmethod
     def resolve(cls, config: dict, device: str | None = None, checkpoint_every: int | None = None) -> RunSettings:
-        """Command-line values first, then the config's train.device / train.checkpoint_every, then the defaults.
+        """Command-line values first, then the config's train.device / train.checkpoint_every (a validated
+        config has them); neither is an error naming the key (the schema holds the defaults).
 
-        The workflow keeps both out of the training config (changing them must not retrain)
+        The workflow keeps both out of the training params (changing them must not retrain)
         and passes them on the command line.
         """
-        train = config.get("train", {})
-        device = device if device is not None else train.get("device", DEFAULT_DEVICE)
-        every = checkpoint_every if checkpoint_every is not None else train.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
+        device = device if device is not None else config_value(config, "train.device")
+        every = checkpoint_every if checkpoint_every is not None else config_value(config, "train.checkpoint_every")
         if int(every) < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {every}")
         return cls(str(device), int(every))

@@ -6,7 +6,7 @@ diffusion model, TensorBoard logs and tqdm progress on rank 0, and atomic resuma
 checkpoints (`<out>.ckpt`) that carry everything needed to continue.
 
 A checkpoint is resumed only when it was written with the same training settings
-(:attr:`TrainConfig.hash`) and, for the residual stage, the same deterministic model;
+(:func:`geodiff.train.config.stage_hash`) and, for the residual stage, the same deterministic model;
 otherwise it is moved aside to `<out>.ckpt.stale-<its hash>` (never deleted) and the
 training starts from step 0. A loss or gradient that turns non-finite stops the
 training with :class:`TrainingDiverged` before the step is applied: no model file is
@@ -93,8 +93,8 @@ class Run:
     net: nn.Module  # the model, wrapped in DistributedDataParallel when distributed
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    ema: EMA
-    physics: PhysicsLoss
+    ema: EMA | None  # the diffusion model's averaged weights (residual stage only)
+    physics: PhysicsLoss | None  # the data-fit loss (deterministic stage only)
     deterministic: nn.Module | None  # the frozen U-Net the residual stage corrects
     resume_key: dict  # what a checkpoint must match to be resumed
     step: int = 0
@@ -120,7 +120,7 @@ def train(
         raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
     if stage == "residual" and deterministic_path is None:
         raise ValueError("the residual stage needs the deterministic model file (deterministic_path)")
-    cfg = TrainConfig.from_config(config)
+    cfg = TrainConfig.from_config(config, stage)
     settings = RunSettings.resolve(config, device, checkpoint_every)
     ctx = init_distributed(settings.device)
     try:
@@ -145,7 +145,7 @@ def _build(stage: str, cfg: TrainConfig, ctx: DistContext, train_path: str, dete
     levels = store_info(train_path)["levels"]
     mean, std = torch.from_numpy(dataset.t_mean.ravel()), torch.from_numpy(dataset.t_std.ravel())
 
-    model = build_model(stage, len(levels), len(prior_names), cfg.network_width(stage), cfg.depth)
+    model = build_model(stage, len(levels), len(prior_names), cfg.width, cfg.depth)
     model.t_mean.copy_(mean)
     model.t_std.copy_(std)
     model.prior_names = prior_names
@@ -160,11 +160,15 @@ def _build(stage: str, cfg: TrainConfig, ctx: DistContext, train_path: str, dete
     device_ids = [ctx.device] if ctx.device.startswith("cuda") else None
     net = DistributedDataParallel(model, device_ids=device_ids) if ctx.distributed else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    total = cfg.steps(stage)
+    total = cfg.steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total))
-    physics = PhysicsLoss(cfg.loss_weights, cfg.charbonnier_eps, levels, mean, std).to(ctx.device)
+    physics = ema = None
+    if stage == "deterministic":
+        physics = PhysicsLoss(cfg.loss_weights, cfg.charbonnier_eps, levels, mean, std).to(ctx.device)
+    else:
+        ema = EMA(model, decay=cfg.ema_decay)
     return Run(stage, cfg, ctx, train_path, loader, sampler, levels, model, net, optimizer, scheduler,
-               EMA(model, decay=cfg.ema_decay), physics, deterministic, resume_key)
+               ema, physics, deterministic, resume_key)
 
 
 def _check_stats(path: str, dataset: StoreDataset) -> None:
@@ -197,7 +201,8 @@ def _resume(run: Run, ckpt_path: Path) -> None:
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
-    run.ema.load_state_dict(state["ema"])
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
     set_rng_state(state["rng"])
     run.step = int(state["step"])
     log.info("resumed %s from step %d (%s)", run.stage, run.step, ckpt_path)
@@ -214,7 +219,7 @@ def _stale_name(ckpt_path: Path, digest: str | None) -> Path:
 
 def _loop(run: Run, ckpt_path: Path, logdir: str, checkpoint_every: int) -> None:
     """Optimiser steps from `run.step` to the stage's total, with checkpoints, logs and progress on rank 0."""
-    total = run.cfg.steps(run.stage)
+    total = run.cfg.steps
     main = is_main(run.ctx)
     writer = None
     if main:
@@ -261,7 +266,8 @@ def _step(run: Run, batch: dict, autocast: torch.autocast) -> tuple[torch.Tensor
             f"or a learning rate too high (train.lr = {run.cfg.lr:g}). No model file was written.")
     run.optimizer.step()
     run.scheduler.step()
-    run.ema.update(run.model)
+    if run.ema is not None:
+        run.ema.update(run.model)
     run.step += 1
     return loss.detach(), grad_norm, terms
 
@@ -282,7 +288,8 @@ def _stage_loss(run: Run, batch: dict) -> tuple[torch.Tensor, dict]:
 def _save_checkpoint(run: Run, ckpt_path: Path) -> None:
     save_checkpoint(ckpt_path, {
         **run.resume_key, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(), "ema": run.ema.state_dict(), "rng": rng_state(), "step": run.step,
+        "scheduler": run.scheduler.state_dict(), "ema": None if run.ema is None else run.ema.state_dict(),
+        "rng": rng_state(), "step": run.step,
     })
 
 
