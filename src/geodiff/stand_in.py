@@ -78,3 +78,13 @@ def stand_in(doc: str | None = None, argv: list[str] | None = None) -> SimpleNam
     if not fields["log"]:
         fields["log"] = Namedlist([(None, None)])
     return SimpleNamespace(**fields, threads=args.threads, config={})
+
+
+def with_cds_retries(config: dict, resources: Any) -> dict:
+    """`config` of a data-source rule (`download`, `statics`) with the job's CDS attempts, when it has some.
+
+    The attempts come as a resource, not a param, so changing them reruns nothing.
+    """
+    if resources.get("cds_retries") is not None:
+        config["data"].setdefault("cds", {})["retries"] = resources.cds_retries
+    return config
