@@ -60,11 +60,12 @@ def timings(repeat: int, fns: dict[str, Callable[[], Any]]) -> tuple[dict[str, l
 def thermo_priors(t: Any, p: Any) -> dict[str, Any]:
     """The four priors from the thermo functions, in the namespace and dtype of `t` ([N, L, H, W])."""
     z = thermo.hypsometric_height(t, p)
+    theta = thermo.potential_temperature(t, p)
     return {
-        "theta": thermo.potential_temperature(t, p),
+        "theta": theta,
         "lapse_rate": thermo.lapse_rate(t, z),
-        "static_stability": thermo.static_stability(t, p),
-        "n2": thermo.brunt_vaisala_frequency_squared(t, z, p),
+        "static_stability": thermo.static_stability(t, theta, p),
+        "n2": thermo.brunt_vaisala_frequency_squared(theta, z),
     }
 
 

@@ -58,12 +58,22 @@ def _metpy_reference(t: np.ndarray, p_hpa: np.ndarray, height: np.ndarray, axis:
     }
 
 
+def _sigma(t, p, axis: int = -3):
+    """σ of a temperature field (its θ computed first, as every caller does)."""
+    return thermo.static_stability(t, thermo.potential_temperature(t, p, axis=axis), p, axis=axis)
+
+
+def _n2(t, height, p, axis: int = -3):
+    """N² of a temperature field (its θ computed first, as every caller does)."""
+    return thermo.brunt_vaisala_frequency_squared(thermo.potential_temperature(t, p, axis=axis), height, axis=axis)
+
+
 def _ours(t, p, height, axis: int) -> dict:
     """The same diagnostics from geodiff.physics.thermo (numpy or torch, as given)."""
     return {
         "theta": thermo.potential_temperature(t, p, axis=axis),
-        "static_stability": thermo.static_stability(t, p, axis=axis),
-        "n2": thermo.brunt_vaisala_frequency_squared(t, height, p, axis=axis),
+        "static_stability": _sigma(t, p, axis=axis),
+        "n2": _n2(t, height, p, axis=axis),
         "lapse_rate": thermo.lapse_rate(t, height, axis=axis),
     }
 
@@ -124,10 +134,10 @@ def test_numpy_and_torch_forms_agree() -> None:
         "d/dp 1-D": (thermo.vertical_derivative(t, LEVELS), thermo.vertical_derivative(tt, pt)),
         "d/dz field": (thermo.vertical_derivative(t, z), thermo.vertical_derivative(tt, zt)),
         "lapse": (thermo.lapse_rate(t, z), thermo.lapse_rate(tt, zt)),
-        "sigma": (thermo.static_stability(t, LEVELS), thermo.static_stability(tt, pt)),
+        "sigma": (_sigma(t, LEVELS), _sigma(tt, pt)),
         "n2": (
-            thermo.brunt_vaisala_frequency_squared(t, z, LEVELS),
-            thermo.brunt_vaisala_frequency_squared(tt, zt, pt),
+            _n2(t, z, LEVELS),
+            _n2(tt, zt, pt),
         ),
     }
     for name, (a, b) in pairs.items():
@@ -140,9 +150,9 @@ def test_numpy_and_torch_forms_agree() -> None:
 
 def test_torch_float32_keeps_dtype() -> None:
     t = torch.from_numpy(_columns(np.random.default_rng(2))).float()
-    sigma = thermo.static_stability(t, LEVELS)
+    sigma = _sigma(t, LEVELS)
     assert sigma.dtype == torch.float32
-    ref = thermo.static_stability(t.double().numpy(), LEVELS)
+    ref = _sigma(t.double().numpy(), LEVELS)
     np.testing.assert_allclose(sigma.numpy(), ref, rtol=1e-3, atol=1e-4 * np.abs(ref).max())
 
 
@@ -207,8 +217,8 @@ def test_dry_adiabatic_column() -> None:
         z = thermo.hypsometric_height(t, levels)
         np.testing.assert_allclose(thermo.potential_temperature(t, levels), 300.0, rtol=1e-14)
         np.testing.assert_allclose(thermo.lapse_rate(t, z), dry, rtol=0, atol=tol)
-        assert np.abs(thermo.static_stability(t, levels)).max() < 1e-18  # typical σ ~ 1e-6
-        assert np.abs(thermo.brunt_vaisala_frequency_squared(t, z, levels)).max() < 1e-15  # typical N² ~ 1e-4
+        assert np.abs(_sigma(t, levels)).max() < 1e-18  # typical σ ~ 1e-6
+        assert np.abs(_n2(t, z, levels)).max() < 1e-15  # typical N² ~ 1e-4
 
 
 def test_isothermal_column() -> None:
@@ -221,8 +231,8 @@ def test_isothermal_column() -> None:
         np.testing.assert_allclose(thermo.layer_thickness(t, levels)[:, 0, 0], np.diff(closed), rtol=1e-13)
         assert np.all(thermo.lapse_rate(t, z) == 0.0)
         # stable: θ grows with height. Exact values σ = κ R_d T / p² (p in Pa), N² = g² / (c_p T)
-        sigma = thermo.static_stability(t, levels)[:, 0, 0]
-        n2 = thermo.brunt_vaisala_frequency_squared(t, z, levels)[:, 0, 0]
+        sigma = _sigma(t, levels)[:, 0, 0]
+        n2 = _n2(t, z, levels)[:, 0, 0]
         assert np.all(sigma > 0) and np.all(n2 > 0)
         np.testing.assert_allclose(sigma, KAPPA * R_D * temp / (levels * 100.0) ** 2, rtol=tol)
         np.testing.assert_allclose(n2, G**2 / (C_P * temp), rtol=tol / 10)
@@ -259,9 +269,9 @@ def test_stable_and_unstable_columns() -> None:
         t = 290.0 - lapse * z / 1000.0
         p = P0_HPA * np.exp(-G / (R_D * 290.0) * z)  # any decreasing pressures
         t3, p_col = t[:, None, None], p
-        assert np.all(sign * thermo.static_stability(t3, p_col) > 0)
+        assert np.all(sign * _sigma(t3, p_col) > 0)
         z_h = thermo.hypsometric_height(t3, p_col)
-        assert np.all(sign * thermo.brunt_vaisala_frequency_squared(t3, z_h, p_col) > 0)
+        assert np.all(sign * _n2(t3, z_h, p_col) > 0)
 
 
 def test_gfs_hypsometric_heights_follow_the_model(gfs: dict[str, np.ndarray]) -> None:
@@ -284,13 +294,13 @@ def test_gradient_flows_through_torch_forms() -> None:
     rng = np.random.default_rng(5)
     t = torch.from_numpy(_columns(rng, shape=(1, 2, 2))).requires_grad_(True)
     p = torch.from_numpy(LEVELS)
-    assert torch.autograd.gradcheck(lambda x: thermo.static_stability(x, p), (t,))
-    sigma = thermo.static_stability(t, p)
+    assert torch.autograd.gradcheck(lambda x: _sigma(x, p), (t,))
+    sigma = _sigma(t, p)
     sigma.square().sum().backward()
     assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
 
     def n2_and_lapse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = thermo.hypsometric_height(x, p)  # heights depend on T too
-        return thermo.brunt_vaisala_frequency_squared(x, z, p), thermo.lapse_rate(x, z)
+        return _n2(x, z, p), thermo.lapse_rate(x, z)
 
     assert torch.autograd.gradcheck(n2_and_lapse, (t.detach().requires_grad_(True),))

@@ -128,7 +128,7 @@ def lapse_rate_field(t: xr.DataArray) -> xr.DataArray:
 
 def stability_field(t: xr.DataArray) -> xr.DataArray:
     """Static stability σ = −(R_d T / p) ∂ln θ/∂p, J kg-1 Pa-2 (MetPy's definition, Bluestein 1992, eq. 4.3.6)."""
-    return _along_levels(lambda v, p: thermo.static_stability(v, p, axis=-1), t)
+    return _along_levels(lambda v, p: thermo.static_stability(v, thermo.potential_temperature(v, p, axis=-1), p, axis=-1), t)
 
 
 def lapse_rate_rmse(forecast: xr.DataArray, truth: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from geodiff.constants import G
-from geodiff.physics.thermo import layer_thickness, static_stability
+from geodiff.physics.thermo import layer_thickness, potential_temperature, static_stability
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ def stability_loss(t_pred: torch.Tensor, t_true: torch.Tensor, p_hpa: torch.Tens
     σ = −(R_d T/p) ∂ln θ/∂p (Bluestein 1992, eq. 4.3.6; :func:`geodiff.physics.thermo.static_stability`).
     t_pred, t_true: temperature in K [..., L, H, W]; p_hpa: level pressures [L], hPa.
     """
-    sigma_pred = static_stability(t_pred, p_hpa) / SIGMA_SCALE
-    sigma_true = static_stability(t_true, p_hpa) / SIGMA_SCALE
+    sigma_pred = static_stability(t_pred, potential_temperature(t_pred, p_hpa), p_hpa) / SIGMA_SCALE
+    sigma_true = static_stability(t_true, potential_temperature(t_true, p_hpa), p_hpa) / SIGMA_SCALE
     return charbonnier(sigma_pred, sigma_true, eps, column_mask(mask))
 
 

@@ -47,12 +47,13 @@ PRIORS: dict[str, tuple[str, str]] = {
 def _priors(t: torch.Tensor, p: torch.Tensor, names: tuple[str, ...]) -> list[torch.Tensor]:
     """The priors `names` of t ([N, L, M], K, float32) on the levels p (hPa), float32."""
     p = p.float()
+    theta = thermo.potential_temperature(t, p, axis=1)  # once, for θ, σ and N²: fewer powers in the loops
     z = thermo.hypsometric_height(t, p, axis=1) if {"height", "lapse_rate", "n2"} & set(names) else None
     formulas: dict[str, Callable[[], torch.Tensor]] = {
-        "theta": lambda: thermo.potential_temperature(t, p, axis=1),
+        "theta": lambda: theta,
         "lapse_rate": lambda: thermo.lapse_rate(t, z, axis=1),
-        "static_stability": lambda: thermo.static_stability(t, p, axis=1),
-        "n2": lambda: thermo.brunt_vaisala_frequency_squared(t, z, p, axis=1),
+        "static_stability": lambda: thermo.static_stability(t, theta, p, axis=1),
+        "n2": lambda: thermo.brunt_vaisala_frequency_squared(theta, z, axis=1),
         "height": lambda: z,
     }
     return [formulas[name]() for name in names]

@@ -298,7 +298,7 @@ def lapse_rate(t: Array, height: Array, axis: int = -3) -> Array:
     return -1000.0 * vertical_derivative(t, height, axis=axis)
 
 
-def static_stability(t: Array, p: Array, axis: int = -3) -> Array:
+def static_stability(t: Array, theta: Array, p: Array, axis: int = -3) -> Array:
     r"""Static stability :math:`\sigma = -\frac{R_d T}{p} \frac{\partial \ln\theta}{\partial p}`.
 
     Pressure is converted to Pa, so σ is in J kg⁻¹ Pa⁻² (= m² s⁻² Pa⁻²), as
@@ -309,32 +309,31 @@ def static_stability(t: Array, p: Array, axis: int = -3) -> Array:
     ----------
     t : array or tensor
         Temperature, K, levels along `axis`.
+    theta : array or tensor
+        Its potential temperature, K (:func:`potential_temperature`; taken, not recomputed, so
+        that a caller needing θ too computes it once).
     p : array or tensor
         Level pressures, hPa (1-D, length L).
     axis : int
         Level axis of `t`.
     """
-    xp, t, (p,), ax = _prepare(t, p, axis=axis)
+    xp, t, (theta, p), ax = _prepare(t, theta, p, axis=axis)
     p_pa = _on_levels(p, ax, t.shape[ax], "p") * HPA_TO_PA
-    log_theta = xp.log(potential_temperature(t, p, axis=ax))
-    return -(R_D * t / p_pa) * vertical_derivative(log_theta, p_pa, axis=ax)
+    return -(R_D * t / p_pa) * vertical_derivative(xp.log(theta), p_pa, axis=ax)
 
 
-def brunt_vaisala_frequency_squared(t: Array, height: Array, p: Array, axis: int = -3) -> Array:
+def brunt_vaisala_frequency_squared(theta: Array, height: Array, axis: int = -3) -> Array:
     r"""Squared Brunt–Väisälä frequency :math:`N^2 = \frac{g}{\theta} \frac{\partial\theta}{\partial Z}` in s⁻².
 
     Matches ``metpy.calc.brunt_vaisala_frequency_squared(height, potential_temperature)``.
 
     Parameters
     ----------
-    t : array or tensor
-        Temperature, K, levels along `axis`.
+    theta : array or tensor
+        Potential temperature, K (:func:`potential_temperature`), levels along `axis`.
     height : array or tensor
-        Level heights, m: 1-D (length L) or broadcastable to `t`.
-    p : array or tensor
-        Level pressures, hPa (1-D, length L).
+        Level heights, m: 1-D (length L) or broadcastable to `theta`.
     axis : int
-        Level axis of `t`.
+        Level axis of `theta`.
     """
-    theta = potential_temperature(t, p, axis=axis)
     return G / theta * vertical_derivative(theta, height, axis=axis)
