@@ -184,21 +184,25 @@ def test_a_non_finite_loss_fails_the_training_and_writes_nothing(stores, tmp_pat
     assert not out.exists() and not Path(f"{out}.ckpt").exists()
 
 
-def train_until_checkpoint(d: Path, out: Path, config: dict, timeout: float = 240.0) -> tuple[dict, str]:
-    """Run `geodiff train` in a process with a checkpoint every 2 steps and SIGKILL it as soon as it has
-    written a checkpoint of `config`; return that checkpoint and the process's log."""
+def train_until_checkpoint(d: Path, out: Path, config: dict, train_store: Path | None = None,
+                           timeout: float = 240.0) -> tuple[dict, str]:
+    """Run `geodiff train` (on `train_store`, default the train store of `d`) in a process with a checkpoint
+    every 2 steps and SIGKILL it as soon as it has written a checkpoint of `config`; return that checkpoint
+    and the process's log."""
     expected = TrainConfig.from_config(config, "deterministic").hash
-    log = out.parent / f"train-{expected}.log"
+    log = out.parent / f"train-{expected}-{time.monotonic_ns()}.log"
     ckpt = Path(f"{out}.ckpt")
-    cmd = [sys.executable, "-m", "geodiff", "train", "--stage", "deterministic", "--train", str(d / "train.h5"),
-           "--val", str(d / "val.h5"), "--out", str(out), "--logdir", str(out.parent / "tb"),
-           "--config-json", json.dumps(config), "--device", "cpu", "--checkpoint-every", "2"]
+    cmd = [sys.executable, "-m", "geodiff", "train", "--stage", "deterministic", "--train",
+           str(train_store or d / "train.h5"), "--val", str(d / "val.h5"), "--out", str(out),
+           "--logdir", str(out.parent / "tb"), "--config-json", json.dumps(config), "--device", "cpu",
+           "--checkpoint-every", "2"]
+    started = time.time()
     with open(log, "w") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if ckpt.exists():
+            if ckpt.exists() and ckpt.stat().st_mtime > started:  # written by this process
                 state = load_checkpoint(ckpt)
                 if state.get("config_hash") == expected:
                     return state, log.read_text()
@@ -236,6 +240,23 @@ def test_a_killed_training_resumes_only_with_the_same_settings(stores, tmp_path)
     assert "starts from step 0" in log_c and "size mismatch" not in log_c
     shapes = lambda state: [tuple(v.shape) for v in state["model"].values()]  # noqa: E731
     assert shapes(state_c) != shapes(state_b)  # the wider U-Net, trained from scratch
+
+
+def test_a_killed_training_does_not_resume_on_other_data(stores, tmp_path):
+    """Same settings, but the training store was rebuilt from corrected data (+5 K) or other levels: the
+    old checkpoint is moved aside and the training starts from step 0 on the new data."""
+    config, d = stores
+    out = tmp_path / "deterministic.pt"
+    cfg = with_train(config, deterministic_steps=100_000)
+    state_a, _ = train_until_checkpoint(d, out, cfg)
+    corrected = tmp_path / "train-corrected.h5"
+    shutil.copy(d / "train.h5", corrected)
+    with h5py.File(corrected, "r+") as f:
+        f["hr/t"][...] = f["hr/t"][...] + 5.0
+    state_b, log_b = train_until_checkpoint(d, out, cfg, train_store=corrected)
+    assert "starts from step 0" in log_b and "resumed" not in log_b
+    assert Path(f"{out}.ckpt.stale-{state_a['config_hash']}").exists()
+    assert state_b["train_sha256"] != state_a["train_sha256"]
 
 
 def test_run_settings_come_from_the_command_line_first():

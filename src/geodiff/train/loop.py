@@ -6,7 +6,8 @@ diffusion model, TensorBoard logs and tqdm progress on rank 0, and atomic resuma
 checkpoints (`<out>.ckpt`) that carry everything needed to continue.
 
 A checkpoint is resumed only when it was written with the same training settings
-(:func:`geodiff.train.config.stage_hash`) and, for the residual stage, the same deterministic model;
+(:func:`geodiff.train.config.stage_hash`), on the same training store (its SHA-256: data, grid,
+levels and priors) and, for the residual stage, with the same deterministic model;
 otherwise it is moved aside to `<out>.ckpt.stale-<its hash>` (never deleted) and the
 training starts from step 0. A loss or gradient that turns non-finite stops the
 training with :class:`TrainingDiverged` before the step is applied: no model file is
@@ -150,7 +151,7 @@ def _build(stage: str, cfg: TrainConfig, ctx: DistContext, train_path: str, dete
     model.t_std.copy_(std)
     model.prior_names = prior_names
     deterministic = None
-    resume_key = {"config_hash": cfg.hash}
+    resume_key = {"config_hash": cfg.hash, "train_sha256": file_digest(train_path)}  # same settings, same data
     if stage == "residual":
         deterministic = load_model(deterministic_path, ctx.device).eval()
         model.r_scale.copy_(residual_scale(deterministic, loader, ctx.device))
