@@ -9,7 +9,7 @@ if "snakemake" not in globals():  # run by hand: python scripts/metrics.py --hel
 setup_logging(snakemake.log[0])
 write_tables(
     store_path=snakemake.input.store,
-    ensemble_path=snakemake.input.ensemble,
+    ensemble_paths=snakemake.input.ensembles,
     baseline_paths=snakemake.input.baselines,
     metrics_path=snakemake.output.metrics,
     by_level_path=snakemake.output.by_level,

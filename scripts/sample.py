@@ -17,6 +17,7 @@ write_ensemble(
     sampler=snakemake.params.sampler,
     steps=snakemake.params.steps,
     s_churn=snakemake.params.s_churn,
+    guidance=snakemake.params.guidance,
     seed=snakemake.params.seed,
     device=snakemake.resources.get("device", "auto"),
     attrs=provenance_attrs(snakemake.params.config_hash, snakemake.params.run_name),

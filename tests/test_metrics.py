@@ -317,7 +317,7 @@ def test_point_forecasts_get_a_crps_equal_to_their_mae():
     coords = {"level": [1000.0, 850.0, 700.0], "lat": np.linspace(40, 50, 8), "lon": np.linspace(0, 10, 8)}
     truth = xr.DataArray(260 + rng.normal(size=(3, 3, 8, 8)), dims=("time", "level", "lat", "lon"), coords=coords)
     ens = truth + xr.DataArray(rng.normal(size=(4, 3, 3, 8, 8)), dims=("member", *truth.dims))
-    table = metric_table(truth, {"point": ens.isel(member=0, drop=True)}, ens, scale_factor=4)
+    table = metric_table(truth, {"point": ens.isel(member=0, drop=True)}, {"geodiff": ens}, scale_factor=4)
     rows = table[table["method"] == "point"].pivot_table(index="level", columns="metric", values="value")
     np.testing.assert_allclose(rows["crps"].values, rows["mae"].values, rtol=1e-12)
     ensemble = table[(table["method"] == "geodiff") & (table["metric"] == "crps")].set_index("level")["value"]
@@ -331,7 +331,7 @@ def test_metric_table_with_missing_truth_pools_the_points_present(atmosphere):
     forecast, truth = atmosphere
     rng = np.random.default_rng(7)
     ens = forecast + xr.DataArray(rng.normal(size=(4, *truth.shape)), dims=("member", *truth.dims))
-    table = metric_table(truth, {"point": forecast}, ens, scale_factor=3)
+    table = metric_table(truth, {"point": forecast}, {"geodiff": ens}, scale_factor=3)
     assert np.isfinite(table["value"]).all()
     overall = table[(table["method"] == "point") & (table["level"] == "all")].set_index("metric")["value"]
     err, present = forecast.values - truth.values, ~np.isnan(truth.values)

@@ -163,17 +163,18 @@ def edited(config: dict, key: str, value) -> dict:
 
 STORES = {"store_train", "store_val", "store_test"}
 MODELS = {"deterministic", "residual", "ablation_no_priors"}
+SAMPLES = {"sample", "sample_guided"}
 
 
 @pytest.mark.parametrize(
     ("key", "value", "changed"),
     [
-        ("model.residual_width", 12, {"residual", "sample"}),
-        ("train.residual_steps", 3, {"residual", "sample"}),
-        ("train.ema_decay", 0.5, {"residual", "sample"}),
-        ("model.width", 12, {"deterministic", "ablation_no_priors", "sample"}),
-        ("loss.gradient.weight", 0.3, {"deterministic", "ablation_no_priors", "sample"}),
-        ("train.lr", 1e-4, MODELS | {"sample"}),
+        ("model.residual_width", 12, {"residual", *SAMPLES}),
+        ("train.residual_steps", 3, {"residual", *SAMPLES}),
+        ("train.ema_decay", 0.5, {"residual", *SAMPLES}),
+        ("model.width", 12, {"deterministic", "ablation_no_priors", *SAMPLES}),
+        ("loss.gradient.weight", 0.3, {"deterministic", "ablation_no_priors", *SAMPLES}),
+        ("train.lr", 1e-4, MODELS | SAMPLES),
         ("train.device", "cuda", set()),
         ("train.checkpoint_every", 7, set()),
         ("data.cds.retries", 9, set()),
@@ -183,9 +184,12 @@ MODELS = {"deterministic", "residual", "ablation_no_priors"}
         ("splits.test.end", "2001-03-12", {"store_test"}),
         ("splits.train.start", "2001-01-02", {"store_train"}),
         ("regrid.upsample", "bilinear", {"regrid_weights", "regrid"} | STORES),
-        ("priors.names", ["theta"], STORES | MODELS | {"sample"}),
-        ("evaluate.sampler_steps", 9, {"sample"}),
+        ("priors.names", ["theta"], STORES | MODELS | SAMPLES),
+        ("evaluate.sampler_steps", 9, SAMPLES),
         ("evaluate.split", "val", set()),
+        ("evaluate.guidance.stability", 1.0, {"sample_guided"}),
+        ("evaluate.guidance.last_steps", 3, {"sample_guided"}),
+        ("model.constraint", "none", set()),
     ],
 )
 def test_a_setting_changes_the_hash_of_exactly_the_artifacts_it_shapes(key, value, changed):

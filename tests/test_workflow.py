@@ -11,6 +11,8 @@ import xarray as xr
 import yaml
 
 from geodiff.checkpoint import load_checkpoint
+from geodiff.data.grid import Grid
+from test_constraint import block_mean
 from workflow_run import ROOT, config_variant, copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
@@ -19,7 +21,7 @@ RUN = "results/test"
 
 def stage_of(name) -> str:
     """Which stage's config hash an artifact (path under the run folder) records."""
-    folder, stem = name.parts[0], name.stem
+    folder, stem = name.parts[0], name.stem.removesuffix("_constrained")  # a constrained file keeps its source's
     if folder == "raw":
         return "statics" if stem == "statics" else "data"
     if folder == "regrid":
@@ -29,7 +31,9 @@ def stage_of(name) -> str:
     if folder == "baselines":
         split, baseline = stem.split("_", 1)
         return f"store_{split}" if baseline in ("bicubic", "bilinear") else baseline
-    return {"samples": "sample", "models": stem}[folder]
+    if folder == "samples":
+        return "sample_guided" if stem.endswith("_guided") else "sample"
+    return stem
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +68,21 @@ def test_artifacts_follow_the_data_contract(run):
         assert ens["t"].attrs["units"] == "K" and np.isfinite(ens["t"]).all()
 
 
+def test_constrained_fields_coarsen_to_the_coarse_input(run):
+    """Model.constraint additive: the U-Net's field and every member, plain and guided, coarsen
+    (brute-force block means) to the store's coarse input within float32 precision."""
+    res = run / RUN
+    with h5py.File(res / "priors/test.h5") as f:
+        coarse = f["lr/t"][:].astype(np.float64)
+    grid = Grid(0.5, (40.0, 48.0), (0.0, 8.0))
+    for name in ["baselines/test_deterministic", "samples/test_ensemble", "samples/test_ensemble_guided"]:
+        with xr.open_dataset(res / f"{name}_constrained.nc") as ds, xr.open_dataset(res / f"{name}.nc") as plain:
+            error = np.abs(block_mean(ds["t"].values, grid) - coarse).max()
+            before = np.abs(block_mean(plain["t"].values, grid) - coarse).max()
+            assert error <= 1e-4 and before > 1e-2, (name, error, before)
+            assert ds.attrs["method"] == f"{plain.attrs['method']}_constrained" and ds["t"].dims == plain["t"].dims
+
+
 def test_metrics_table_is_tidy_and_complete(run):
     table = pd.read_csv(run / RUN / "metrics.csv")
     assert list(table.columns) == ["method", "variable", "level", "metric", "value"]
@@ -72,6 +91,10 @@ def test_metrics_table_is_tidy_and_complete(run):
     for method in ["bicubic", "bilinear", "deterministic", "ablation_no_priors", "geodiff_mean"]:
         assert {"rmse", "mae", "bias"} <= set(overall.columns) and not np.isnan(overall.loc[method, "rmse"])
     assert overall.loc["geodiff", "crps"] > 0
+    for ensemble in ["geodiff_constrained", "geodiff_guided", "geodiff_guided_constrained"]:
+        assert overall.loc[ensemble, "crps"] > 0 and overall.loc[f"{ensemble}_member", "spurious_instability"] >= 0
+    assert overall.loc["deterministic_constrained", "rmse"] > 0
+    assert overall.loc["geodiff", "sampling_seconds"] > 0 and overall.loc["geodiff_guided", "sampling_seconds"] > 0
     per_level = table[(table["level"] != "all") & (table["metric"] == "rmse")]
     assert set(per_level["level"].astype(int)) == {1000, 850, 700, 500, 300}
 
@@ -118,10 +141,10 @@ def test_resolved_config_and_every_artifact_record_their_provenance(run):
     assert resolved["run_name"] == "test" and resolved["geodiff_version"]
     assert resolved["train"]["checkpoint_every"] == 20 and resolved["regrid"]["backend"] == "auto"  # schema defaults in
     stages = {"data", "statics", "regrid_weights", "regrid", "store_train", "store_val", "store_test",
-              "deterministic", "residual", "ablation_no_priors", "sample"}
+              "deterministic", "residual", "ablation_no_priors", "sample", "sample_guided"}
     assert set(hashes) == stages and len(set(hashes.values())) == len(stages)
     artifacts = sorted((run / RUN).rglob("*.nc")) + sorted((run / RUN).rglob("*.h5"))
-    assert len(artifacts) == 18  # 4 raw, 3 weights, 3 regrid, 3 stores, 4 baselines, 1 ensemble
+    assert len(artifacts) == 22  # 4 raw, 3 weights, 3 regrid, 3 stores, 5 baselines, 4 ensembles
     for path in artifacts:
         with h5py.File(path, "r") as f:  # NetCDF-4 is HDF5: one reader for both
             attrs = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in f.attrs.items()}
@@ -156,8 +179,10 @@ def planned_after(run, name: str, replacements: list[tuple[str, str]], *targets:
     return sorted(p.removeprefix(f"{RUN}/") for job in jobs for p in job.get("output", "").split(", ") if p)
 
 
-EVALUATION = ["baselines/test_ablation_no_priors.nc", "baselines/test_deterministic.nc", "figures",
-              "metrics.csv", "metrics_by_level.csv"]
+EVALUATION = ["baselines/test_ablation_no_priors.nc", "baselines/test_deterministic.nc",
+              "baselines/test_deterministic_constrained.nc", "figures", "metrics.csv", "metrics_by_level.csv"]
+SAMPLES = ["samples/test_ensemble.nc", "samples/test_ensemble_constrained.nc", "samples/test_ensemble_guided.nc",
+           "samples/test_ensemble_guided_constrained.nc"]
 
 
 @pytest.mark.parametrize(
@@ -167,14 +192,13 @@ EVALUATION = ["baselines/test_ablation_no_priors.nc", "baselines/test_determinis
 )
 def test_a_diffusion_setting_retrains_the_diffusion_model_only(run, old, new):
     planned = planned_after(run, "diffusion", [(old, new)])
-    assert planned == ["figures", "metrics.csv", "metrics_by_level.csv", "models/residual.pt",
-                       "samples/test_ensemble.nc"]
+    assert planned == ["figures", "metrics.csv", "metrics_by_level.csv", "models/residual.pt", *SAMPLES]
 
 
 def test_a_learning_rate_reruns_no_interpolation(run):
     planned = planned_after(run, "lr", [("lr: 2.0e-3", "lr: 1.0e-3")])
     assert planned == sorted([*EVALUATION, "models/ablation_no_priors.pt", "models/deterministic.pt",
-                              "models/residual.pt", "samples/test_ensemble.nc"])
+                              "models/residual.pt", *SAMPLES])
 
 
 def test_download_settings_rerun_nothing(run):
@@ -191,7 +215,7 @@ def test_a_month_more_downloads_and_regrids_that_month_only(run):
 def test_moving_the_test_split_rebuilds_its_store_only(run):
     planned = planned_after(run, "test_split", [('end: "2001-03-10"', 'end: "2001-03-12"')])
     assert planned == sorted([*EVALUATION, "baselines/test_bicubic.nc", "baselines/test_bilinear.nc",
-                              "priors/test.h5", "samples/test_ensemble.nc"])
+                              "priors/test.h5", *SAMPLES])
 
 
 def test_another_run_plans_only_in_its_own_folder(run):
@@ -210,7 +234,7 @@ def test_sample_script_runs_by_hand(run, tmp_path):
             "--input", f"store={res}/priors/test.h5", f"deterministic={res}/models/deterministic.pt",
             f"residual={res}/models/residual.pt",
             "--output", str(out),
-            "--params", "members=2", "steps=4", "s_churn=0.0", "seed=1", "sampler=scaled",
+            "--params", "members=2", "steps=4", "s_churn=0.0", "seed=1", "sampler=scaled", "guidance=null",
             "config_hash=0123abcd", "run_name=by-hand",
         ],
         capture_output=True, text=True,

@@ -36,8 +36,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     from geodiff.evaluate.sampling import write_ensemble
 
+    guidance = {"stability": args.guidance, "last_steps": args.guidance_steps} if args.guidance > 0 else None
     write_ensemble(args.store, args.deterministic, args.residual, args.out, args.members, args.steps, args.s_churn,
-                   args.seed, args.device, sampler=args.sampler)
+                   args.seed, args.device, sampler=args.sampler, guidance=guidance)
 
 
 def _members(text: str) -> int:
@@ -101,11 +102,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--sampler", choices=sorted(SAMPLERS), default="scaled",
                    help="scaled: Heun in the scaled variables (default); edm: EDM's Algorithm 2")
+    s.add_argument("--guidance", type=float, default=0.0, metavar="W",
+                   help="stability guidance weight (config evaluate.guidance.stability; 0: none)")
+    s.add_argument("--guidance-steps", type=_positive, default=4, metavar="K", help="guide the last K sampler steps")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("evaluate", help="metric tables and figures")
     e.add_argument("--store", required=True)
-    e.add_argument("--ensemble", required=True)
+    e.add_argument("--ensemble", nargs="+", required=True, help="ensemble files; the figures show the first")
     e.add_argument("--baselines", nargs="+", required=True)
     e.add_argument("--out", default="results")
     e.set_defaults(func=cmd_evaluate)

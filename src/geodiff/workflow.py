@@ -16,6 +16,7 @@ import yaml
 
 from geodiff import __version__
 from geodiff.atomic import atomic_write
+from geodiff.constants import STORE_LAYOUT
 from geodiff.provenance import config_hash
 from geodiff.train.config import stage_config
 
@@ -99,8 +100,12 @@ def _level_problems(levels: list[float]) -> list[str]:
 
 
 def check_config(config: Mapping[str, Any]) -> None:
-    """Refuse cross-field errors before any job: grid box and scale factor, levels, splits vs data.period."""
+    """Refuse cross-field errors before any job: grid box and scale factor, levels, splits vs data.period,
+    guidance steps vs sampler steps."""
     problems = _grid_problems(config["grid"]) + _level_problems(list(config["levels"]))
+    steps, guided = config.get("evaluate", {}).get("sampler_steps"), config.get("evaluate", {}).get("guidance", {}).get("last_steps")
+    if steps is not None and guided is not None and guided > steps:  # both are there once the schema's defaults are
+        problems.append(f"evaluate.guidance.last_steps {guided} exceeds evaluate.sampler_steps {steps}")
     try:
         check_splits(config)
     except ValueError as err:
@@ -199,7 +204,8 @@ def stage_configs(config: Mapping[str, Any]) -> dict[str, dict]:
     regrid_weights: the weights of each method; regrid: a coarse month; store_<split>: the HDF5
     store of a split (its own period only; val/test also read the train store's statistics,
     through their input); deterministic, residual, ablation_<name>: the models (the training
-    rule's params, :func:`training_config`); sample: the ensembles.
+    rule's params, :func:`training_config`); sample: the ensemble; sample_guided: the ensemble
+    drawn with stability guidance.
     """
     data = {"seed": config["seed"], "data": _data_keys(config), "grid": config["grid"], "levels": config["levels"]}
     statics = {**data, "data": {**data["data"], "period": {"start": config["data"]["period"]["start"]}}}
@@ -207,13 +213,15 @@ def stage_configs(config: Mapping[str, Any]) -> dict[str, dict]:
     stages = {"data": data, "statics": statics, "regrid_weights": {"grid": config["grid"], "regrid": config["regrid"]},
               "regrid": regrid}
     for split in SPLITS:
-        stages[f"store_{split}"] = {**regrid, "priors": config["priors"], "period": config["splits"][split]}
+        stages[f"store_{split}"] = {**regrid, "priors": config["priors"], "period": config["splits"][split],
+                                    "store_layout": STORE_LAYOUT}
     stages["deterministic"] = training_config(config, "deterministic")
     stages["residual"] = training_config(config, "residual")
     for ablation in config["ablations"]:
         stages[f"ablation_{ablation}"] = training_config(config, "deterministic", ablation)
     stages["sample"] = {"seed": config["seed"], "evaluate": {k: config["evaluate"][k] for k in SAMPLE_KEYS},
                         "models": {m: config_hash(stages[m]) for m in ("deterministic", "residual")}}
+    stages["sample_guided"] = {**stages["sample"], "guidance": config["evaluate"]["guidance"]}
     return stages
 
 

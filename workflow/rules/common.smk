@@ -116,15 +116,51 @@ def get_deterministic_option(wildcards, input):
     )
 
 
+def constrained(names):
+    """`names`, each followed by its `_constrained` form when config model.constraint is on."""
+    if config["model"]["constraint"] == "none":
+        return list(names)
+    return [n for name in names for n in (name, f"{name}_constrained")]
+
+
 def get_baseline_files():
-    """Baseline fields on the evaluation split: interpolations and the deterministic U-Net."""
+    """Baseline fields on the evaluation split: interpolations, the deterministic U-Net (and its
+    constrained form) and the ablations."""
     split = config["evaluate"]["split"]
     methods = [
         *config["evaluate"]["baselines"],
-        "deterministic",
+        *constrained(["deterministic"]),
         *(f"ablation_{a}" for a in ABLATIONS),
     ]
     return [results(f"baselines/{split}_{m}.nc") for m in methods]
+
+
+def get_ensemble_files():
+    """Ensembles on the evaluation split: plain, guided (evaluate.guidance.stability > 0), and
+    the constrained form of each (model.constraint)."""
+    split = config["evaluate"]["split"]
+    guided = (
+        ["ensemble_guided"] if config["evaluate"]["guidance"]["stability"] > 0 else []
+    )
+    return [
+        results(f"samples/{split}_{e}.nc") for e in constrained(["ensemble", *guided])
+    ]
+
+
+def get_guidance(wildcards):
+    """Config evaluate.guidance for the guided ensemble, None for the plain one."""
+    return (
+        dict(config["evaluate"]["guidance"])
+        if wildcards.ensemble == "ensemble_guided"
+        else None
+    )
+
+
+def get_sample_hash(wildcards):
+    """What defines an ensemble: the sampler and the models (and the guidance, for the guided one)."""
+    return HASHES[
+        "sample_guided" if wildcards.ensemble == "ensemble_guided" else "sample"
+    ]
 
 
 def get_baseline_input(wildcards):

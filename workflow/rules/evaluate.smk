@@ -9,11 +9,13 @@ rule sample:
         deterministic=results("models/deterministic.pt"),
         residual=results("models/residual.pt"),
     output:
-        results("samples/{split}_ensemble.nc"),
+        results("samples/{split}_{ensemble}.nc"),
     log:
-        logs("sample/{split}"),
+        logs("sample/{split}_{ensemble}"),
     benchmark:
-        benchmarks("sample/{split}")
+        benchmarks("sample/{split}_{ensemble}")
+    wildcard_constraints:
+        ensemble="ensemble|ensemble_guided",
     conda:
         "../../envs/evaluate.yaml"
     threads: train_resources("cpus")
@@ -27,11 +29,34 @@ rule sample:
         sampler=config["evaluate"]["sampler"],
         steps=config["evaluate"]["sampler_steps"],
         s_churn=config["evaluate"]["s_churn"],
+        guidance=get_guidance,
         seed=config["seed"],
-        config_hash=HASHES["sample"],
+        config_hash=get_sample_hash,
         run_name=config["run_name"],
     script:
         "../../scripts/sample.py"
+
+
+rule constrain:
+    input:
+        prediction=results("{folder}/{split}_{name}.nc"),
+        store=results("priors/{split}.h5"),
+        weights=results("regrid/weights_conservative.nc"),
+    output:
+        results("{folder}/{split}_{name}_constrained.nc"),
+    log:
+        logs("constrain/{folder}_{split}_{name}"),
+    wildcard_constraints:
+        folder="samples|baselines",
+        name="ensemble|ensemble_guided|deterministic",
+    conda:
+        "../../envs/evaluate.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../../scripts/constrain.py"
 
 
 rule baselines:
@@ -70,7 +95,7 @@ rule baselines:
 rule metrics:
     input:
         store=results(f"priors/{config['evaluate']['split']}.h5"),
-        ensemble=results(f"samples/{config['evaluate']['split']}_ensemble.nc"),
+        ensembles=get_ensemble_files(),
         baselines=get_baseline_files(),
     output:
         metrics=results("metrics.csv"),

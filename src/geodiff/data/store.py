@@ -5,11 +5,13 @@ module goes through the readers below, never through ``h5py`` directly).
 
 Layout: `hr/t`, `hr/z`, `interp/<method>` (the coarse field interpolated back, one per
 method), `lr_up/t` (a hard link to the model's input method) and `priors/<name>` shaped
-[N, L, H, W] in physical units, `static/<name>` [H, W], coordinates `time` (seconds since 1970-01-01),
-`level` (hPa), `lat`, `lon`, and `stats/<var>/{mean,std}` shaped [L] (for `t` and each
+[N, L, H, W] in physical units, `lr/t` (the coarse field itself, [N, L, h, w] on the coarse
+grid: what a conservation constraint holds a prediction to), `static/<name>` [H, W],
+coordinates `time` (seconds since 1970-01-01), `level` (hPa), `lat`, `lon`, `lat_coarse`,
+`lon_coarse`, and `stats/<var>/{mean,std}` shaped [L] (for `t` and each
 prior) or [1] (statics), always from the train split. One sample per chunk. Global
 attributes: `geodiff_version`, `config_hash`, `upsample`, `n_samples`, `scale_factor`,
-`period`. The file is written under a temporary name and renamed when complete
+`period`, `store_layout`. The file is written under a temporary name and renamed when complete
 (:func:`geodiff.atomic.atomic_write`).
 
 Missing values (config ``data.allow_nans``): the truth `hr/t` (and `hr/z`) keeps its
@@ -34,7 +36,7 @@ from tqdm import tqdm
 
 from geodiff import __version__
 from geodiff.atomic import atomic_write
-from geodiff.constants import CF_ATTRS, LAT, LEVEL, LON, STATICS, TIME
+from geodiff.constants import CF_ATTRS, LAT, LEVEL, LON, STATICS, STORE_LAYOUT, TIME
 from geodiff.physics.priors import PRIORS, compute_priors
 
 log = logging.getLogger(__name__)
@@ -129,9 +131,9 @@ def build_store(
                             and np.allclose(statics["lon"].values, raw["lon"].values)):
                         raise ValueError(f"{statics_path}: the statics grid does not match the data grid of {raw_path}")
                     shape = raw["t"].shape[1:]
-                    _init_layout(f, raw, statics, prior_names, shape, upsamplers(low), upsample)
+                    _init_layout(f, raw, low, statics, prior_names, shape, upsample)
                 levels = raw["level"].values
-                fields = {"hr/t": raw["t"].values}
+                fields = {"hr/t": raw["t"].values, "lr/t": low["t_coarse"].values}
                 for m in upsamplers(low):
                     x = low[f"t_{m}"].values
                     if not np.isfinite(x).all():
@@ -157,7 +159,7 @@ def build_store(
             _write_stats(f, stats, statics, stats_from)
         except ValueError as err:
             raise ValueError(f"{out_path}: {err} in {raw_paths}") from None
-        f.attrs.update(geodiff_version=__version__, upsample=upsample, n_samples=written, scale_factor=scale_factor,
+        f.attrs.update(geodiff_version=__version__, store_layout=STORE_LAYOUT, upsample=upsample, n_samples=written, scale_factor=scale_factor,
                        period=f"{period['start']}..{period['end']}")
         f.attrs.update(attrs)
     log.info("wrote %s: %d samples", out_path, written)
@@ -169,15 +171,20 @@ def upsamplers(lowres: xr.Dataset) -> list[str]:
 
 
 def _init_layout(
-    f: h5py.File, raw: xr.Dataset, statics: xr.Dataset, prior_names: list[str], shape: tuple,
-    methods: list[str], upsample: str,
+    f: h5py.File, raw: xr.Dataset, low: xr.Dataset, statics: xr.Dataset, prior_names: list[str], shape: tuple,
+    upsample: str,
 ) -> None:
+    methods = upsamplers(low)
     f.create_dataset("level", data=raw["level"].values.astype(np.float32)).attrs.update(CF_ATTRS["level"])
     f.create_dataset("lat", data=raw["lat"].values).attrs.update(CF_ATTRS["lat"])
     f.create_dataset("lon", data=raw["lon"].values).attrs.update(CF_ATTRS["lon"])
+    for axis in (LAT, LON):
+        f.create_dataset(f"{axis}_coarse", data=low[f"{axis}_coarse"].values).attrs.update(CF_ATTRS[axis])
     time = f.create_dataset("time", shape=(0,), maxshape=(None,), dtype="i8", chunks=(1024,))
     time.attrs.update(units="seconds since 1970-01-01 00:00:00", standard_name="time", calendar="proleptic_gregorian")
     _appendable(f, "hr/t", shape, CF_ATTRS["t"])
+    coarse_shape = (shape[0], low.sizes["lat_coarse"], low.sizes["lon_coarse"])
+    _appendable(f, "lr/t", coarse_shape, {**CF_ATTRS["t"], "long_name": "Coarse temperature (the model's input)"})
     if upsample not in methods:
         raise ValueError(f"regrid.upsample {upsample!r} is not among the regridded methods {methods}")
     for m in methods:
@@ -270,11 +277,15 @@ def store_coords(path: str | os.PathLike[str]) -> dict[str, xr.DataArray]:
 
 
 def read_field(path: str | os.PathLike[str], name: str) -> xr.DataArray:
-    """A whole [time, level, lat, lon] dataset of a store (e.g. `hr/t`, `interp/bicubic`) in its units."""
+    """A whole [time, level, lat, lon] dataset of a store (e.g. `hr/t`, `interp/bicubic`) in its units;
+    `lr/t` comes on the coarse grid's `lat`/`lon`."""
+    coords = store_coords(path)
     with _open(path) as f:
         d = _dataset(f, name)
         values, attrs = d[()], dict(d.attrs)
-    return xr.DataArray(values, dims=(TIME, LEVEL, LAT, LON), coords=store_coords(path), attrs=attrs)
+        if name == "lr/t":
+            coords.update({axis: xr.DataArray(f[f"{axis}_coarse"][()], dims=axis, attrs=CF_ATTRS[axis]) for axis in (LAT, LON)})
+    return xr.DataArray(values, dims=(TIME, LEVEL, LAT, LON), coords=coords, attrs=attrs)
 
 
 class SampleReader:

@@ -51,30 +51,49 @@ def ensemble_rows(method: str, ensemble: xr.DataArray, truth: xr.DataArray) -> l
     return [row for name, fn in ENSEMBLE_METRICS.items() for row in _rows(method, name, fn, ensemble, truth)]
 
 
-def metric_table(truth: xr.DataArray, predictions: dict[str, xr.DataArray], ensemble: xr.DataArray | None, scale_factor: int) -> pd.DataFrame:
-    """The tidy table: one row per method × variable × level × metric."""
+def metric_table(truth: xr.DataArray, predictions: dict[str, xr.DataArray], ensembles: dict[str, xr.DataArray],
+                 scale_factor: int) -> pd.DataFrame:
+    """The tidy table: one row per method × variable × level × metric.
+
+    Each ensemble E (e.g. `geodiff`, `geodiff_constrained`) gives the rows E (CRPS and
+    spread-skill), E_mean (its mean as a point forecast) and E_member (its first member).
+    """
     rows = []
     for method, forecast in predictions.items():
         rows += method_rows(method, forecast, truth, scale_factor)
-    if ensemble is not None:
-        rows += method_rows("geodiff_mean", ensemble.mean(m.MEMBER), truth, scale_factor)
-        rows += method_rows("geodiff_member", ensemble.isel({m.MEMBER: 0}, drop=True), truth, scale_factor)
-        rows += ensemble_rows("geodiff", ensemble, truth)
+    for method, ensemble in ensembles.items():
+        rows += method_rows(f"{method}_mean", ensemble.mean(m.MEMBER), truth, scale_factor)
+        rows += method_rows(f"{method}_member", ensemble.isel({m.MEMBER: 0}, drop=True), truth, scale_factor)
+        rows += ensemble_rows(method, ensemble, truth)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def write_tables(store_path: str, ensemble_path: str, baseline_paths: list[str], metrics_path: str,
+def _read_predictions(paths: list[str]) -> tuple[dict[str, xr.DataArray], dict[str, dict]]:
+    """{method: t} of prediction files (their `method` attribute), and {method: the file's attributes}."""
+    fields, attrs = {}, {}
+    for path in paths:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            fields[ds.attrs["method"]], attrs[ds.attrs["method"]] = ds["t"].load(), dict(ds.attrs)
+    return fields, attrs
+
+
+def cost_rows(attrs: dict[str, dict]) -> list[dict]:
+    """A `sampling_seconds` row per ensemble whose file records its sampler's wall time (a constrained
+    ensemble: that of the ensemble it was made from; the constraint itself takes a fraction of a second)."""
+    return [dict(method=method, variable="t", level="all", metric="sampling_seconds", value=float(a["sampling_seconds"]))
+            for method, a in attrs.items() if "sampling_seconds" in a]
+
+
+def write_tables(store_path: str, ensemble_paths: list[str], baseline_paths: list[str], metrics_path: str,
                  by_level_path: str, figures_dir: str) -> pd.DataFrame:
-    """Compute every metric on the split and write metrics.csv, metrics_by_level.csv and figures."""
+    """Compute every metric on the split and write metrics.csv, metrics_by_level.csv and figures
+    (those of an ensemble show the first of `ensemble_paths`)."""
     truth = read_field(store_path, "hr/t")
     scale_factor = store_info(store_path)["scale_factor"]
-    predictions = {}
-    for path in baseline_paths:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
-            predictions[ds.attrs["method"]] = ds["t"].load()
-    with xr.open_dataset(ensemble_path, engine="netcdf4") as ds:
-        ensemble = ds["t"].load()
-    table = metric_table(truth, predictions, ensemble, scale_factor)
+    predictions, _ = _read_predictions(baseline_paths)
+    ensembles, ensemble_attrs = _read_predictions(ensemble_paths)
+    table = metric_table(truth, predictions, ensembles, scale_factor)
+    table = pd.concat([table, pd.DataFrame(cost_rows(ensemble_attrs), columns=COLUMNS)], ignore_index=True)
     if table["value"].isna().any():
         raise ValueError(f"NaN metrics: {table[table['value'].isna()].to_dict('records')}")
     Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
@@ -83,5 +102,5 @@ def write_tables(store_path: str, ensemble_path: str, baseline_paths: list[str],
     wide.to_csv(by_level_path, float_format="%.6g")
     overall = table[(table["level"] == "all") & (table["metric"] == "rmse")].set_index("method")["value"]
     log.info("overall RMSE (K):\n%s", overall.to_string())
-    write_figures(truth, predictions, ensemble, read_field(store_path, "lr_up/t"), table, figures_dir)
+    write_figures(truth, predictions, next(iter(ensembles.values())), read_field(store_path, "lr_up/t"), table, figures_dir)
     return table

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -91,11 +92,16 @@ def edm_time_steps(
     return torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
 
 
+Guide = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""guide(D(x; t), t) -> the denoised estimate the sampler steps with (float64 tensors)."""
+
+
 def _sampler_parts(D: nn.Module, cond: torch.Tensor, priors: torch.Tensor | None, shape: tuple[int, ...] | None,
-                   generator: torch.Generator | None, num_steps: int, sigma_min: float, sigma_max: float, rho: float):
+                   generator: torch.Generator | None, num_steps: int, sigma_min: float, sigma_max: float, rho: float,
+                   guide: Guide | None):
     """What both samplers start from: the eq. 5 time steps (σmin, σmax clipped to D's range when D
     has one), float64 N(0, I) draws of `shape` (default [B, 1, L, H, W] from `cond`) and D(x; t)
-    in float64 (called in the dtype of `cond`)."""
+    in float64 (called in the dtype of `cond`), passed through `guide` when one is given."""
     shape = tuple(shape) if shape is not None else (cond.shape[0], 1, *cond.shape[2:])
     sigma_min = max(sigma_min, getattr(D, "sigma_min", sigma_min))
     sigma_max = min(sigma_max, getattr(D, "sigma_max", sigma_max))
@@ -105,7 +111,8 @@ def _sampler_parts(D: nn.Module, cond: torch.Tensor, priors: torch.Tensor | None
         return torch.randn(shape, generator=generator, device=cond.device, dtype=torch.float64)
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return D(x.to(cond.dtype), t.to(cond.dtype), cond, priors).double()
+        denoised = D(x.to(cond.dtype), t.to(cond.dtype), cond, priors).double()
+        return denoised if guide is None else guide(denoised, t)
 
     return t_steps, randn, denoise
 
@@ -135,6 +142,7 @@ def edm_sampler(
     S_noise: float = 1.0,  # standard deviation of the added noise, relative to √(t̂² − t²)
     generator: torch.Generator | None = None,  # source of every random draw
     shape: tuple[int, ...] | None = None,  # shape of x (default [B, 1, L, H, W] from cond)
+    guide: Guide | None = None,  # applied to every denoised estimate (e.g. physics guidance)
 ) -> torch.Tensor:
     """EDM's stochastic Heun sampler (Algorithm 2) on the eq. 5 schedule: x against t, t = σ.
 
@@ -142,7 +150,7 @@ def edm_sampler(
     with Heun's 2nd-order rule, the last step (to t = 0) by Euler. Returns x_0 of `shape`
     in the dtype of `cond`; the state is kept in float64.
     """
-    t_steps, randn, denoise = _sampler_parts(D, cond, priors, shape, generator, num_steps, sigma_min, sigma_max, rho)
+    t_steps, randn, denoise = _sampler_parts(D, cond, priors, shape, generator, num_steps, sigma_min, sigma_max, rho, guide)
 
     # Algorithm 2 (Karras et al. 2022): Heun's 2nd-order method with stochastic churn.
     x_next = randn() * t_steps[0]
@@ -173,6 +181,7 @@ def scaled_sampler(
     S_noise: float = 1.0,
     generator: torch.Generator | None = None,
     shape: tuple[int, ...] | None = None,
+    guide: Guide | None = None,
 ) -> torch.Tensor:
     """GeoDiff's default: Heun steps in the scaled variables y = c_in(t) x against u = ln t.
 
@@ -184,7 +193,7 @@ def scaled_sampler(
     7-13 % high (tests/test_edm.py). The last step, to t = 0, is x_0 = D(x; t_{N−1}).
     Needs ``D.sigma_data``.
     """
-    t_steps, randn, denoise = _sampler_parts(D, cond, priors, shape, generator, num_steps, sigma_min, sigma_max, rho)
+    t_steps, randn, denoise = _sampler_parts(D, cond, priors, shape, generator, num_steps, sigma_min, sigma_max, rho, guide)
     var_data = float(D.sigma_data) ** 2
 
     def slope(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # dy/du

@@ -80,6 +80,19 @@ def stability_loss(t_pred: torch.Tensor, t_true: torch.Tensor, p_hpa: torch.Tens
     return charbonnier(sigma_pred, sigma_true, eps, column_mask(mask))
 
 
+def instability(t: torch.Tensor, p_hpa: torch.Tensor, sigma_ref: torch.Tensor) -> torch.Tensor:
+    """max(−σ(T)/σ_ref, 0)² per point where σ_ref > 0 (0 elsewhere): how statically unstable a field
+    is where a reference (the coarse input) is stable, in units of the reference stability (the
+    sampler's stability guidance removes it).
+
+    σ as in :func:`stability_loss`; t: temperature in K [..., L, H, W]; sigma_ref: J kg-1 Pa-2,
+    broadcastable to t. Returns the shape of t broadcast with sigma_ref.
+    """
+    sigma = static_stability(t, potential_temperature(t, p_hpa), p_hpa)
+    stable = sigma_ref > 0
+    return (-sigma / torch.where(stable, sigma_ref, 1.0)).clamp_min(0.0) ** 2 * stable
+
+
 def gradient_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = DEFAULT_EPS,
                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """½ [ρ(Δ_lat ŷ − Δ_lat y) + ρ(Δ_lon ŷ − Δ_lon y)], forward differences along axes −2 (lat) and −1 (lon).
