@@ -1,4 +1,6 @@
-"""Rule `metrics`: tidy metric tables and figures for every method."""
+"""Rule `metrics`: tidy metric tables, the summary and figures for every method."""
+
+from pathlib import Path
 
 from geodiff.evaluate.tables import write_tables
 from geodiff.logs import setup_logging
@@ -13,5 +15,7 @@ write_tables(
     baseline_paths=snakemake.input.baselines,
     metrics_path=snakemake.output.metrics,
     by_level_path=snakemake.output.by_level,
-    figures_dir=snakemake.output.figures,
+    summary_path=snakemake.output.summary,
+    figures_dir=str(Path(snakemake.output.figures[0]).parent),
+    config_hash=snakemake.params.config_hash,
 )

@@ -64,3 +64,19 @@ def make_config() -> Callable[..., dict[str, Any]]:
         }
 
     return build
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of a headless-capable Chromium (Debian's `chromium`, installed by .ci/run).
+
+    Without it the dependent tests are skipped, except under ``CI=true``, where they fail.
+    """
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("chromium is not installed under CI=true (.ci/run installs it)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return path

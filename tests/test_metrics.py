@@ -338,3 +338,97 @@ def test_metric_table_with_missing_truth_pools_the_points_present(atmosphere):
     assert overall["rmse"] == pytest.approx(math.sqrt(brute_mean(err**2, present, truth.lat.values, pooled=True)), rel=1e-12)
     num, den = brute_spurious(forecast, truth)
     assert overall["spurious_instability"] == pytest.approx(num.sum() / den.sum(), rel=1e-12)
+
+
+def test_fair_crps_equals_scoringrules_per_point():
+    """The fair CRPS of every point (no weights: one latitude) equals scoringrules' fair estimator to 1e-6."""
+    import scoringrules as sr
+
+    rng = np.random.default_rng(21)
+    truth = field(rng.normal(size=(3, 2, 1, 7)))
+    ens = field(truth.values + rng.normal(0.3, 1.2, size=(6, 3, 2, 1, 7)), member=True)
+    ours = m.crps_fair(ens, truth, dims=[])  # per point: nothing reduced
+    reference = sr.crps_ensemble(truth.values, np.moveaxis(ens.values, 0, -1), estimator="fair", backend="numpy")
+    np.testing.assert_allclose(ours.transpose(*truth.dims).values, reference, atol=1e-6, rtol=0)
+
+
+def test_rank_histogram_matches_brute_force_and_is_flat_for_a_calibrated_ensemble():
+    rng = np.random.default_rng(22)
+    truth = field(rng.normal(size=(4, 2, 5, 6)))
+    ens = field(rng.normal(size=(4, 4, 2, 5, 6)), member=True)  # truth and members from one distribution
+    hist = m.rank_histogram(ens, truth)
+    lat = truth.lat.values
+    for k in range(2):
+        counts, total = np.zeros(5), 0.0
+        for t, i, j in points(truth.values):
+            w = math.cos(math.radians(lat[i]))
+            counts[int((ens.values[:, t, k, i, j] < truth.values[t, k, i, j]).sum())] += w
+            total += w
+        np.testing.assert_allclose(hist.sel(level=truth.level.values[k]).values, counts / total, rtol=1e-12)
+    big_truth = field(rng.normal(size=(40, 1, 50, 50)))
+    big_ens = field(rng.normal(size=(9, 40, 1, 50, 50)), member=True)
+    flat = m.rank_histogram(big_ens, big_truth, dims=["time", "lat", "lon"])
+    n = 40 * 50 * 50  # each frequency ~ binomial(n, 1/10)/n, sd 0.0019: flat within 4 sd
+    np.testing.assert_allclose(flat.values.ravel(), 0.1, atol=4 * math.sqrt(0.1 * 0.9 / n))
+    assert float(m.rank_flatness(flat).squeeze()) < 10 * 4 * math.sqrt(0.09 / n)
+    under = m.rank_histogram(0.3 * big_ens, big_truth)  # under-dispersed: a U shape
+    assert float(under.isel(rank=0).squeeze()) > 0.25 and float(m.rank_flatness(under).squeeze()) > 0.5
+
+
+def test_spread_skill_bins_match_brute_force_binning():
+    rng = np.random.default_rng(23)
+    truth = field(rng.normal(size=(3, 2, 5, 6)))
+    scale = field(np.exp(rng.normal(size=(3, 2, 5, 6))))
+    ens = field(truth.values + scale.values * rng.normal(size=(4, 3, 2, 5, 6)), member=True)
+    bins = m.spread_skill_bins(ens, truth, bins=3)
+    var = ens.values.var(axis=0, ddof=1) * 5 / 4
+    err2 = (ens.values.mean(axis=0) - truth.values) ** 2
+    w = np.broadcast_to(np.cos(np.radians(truth.lat.values))[:, None], truth.shape[2:])
+    w = np.broadcast_to(w, truth.shape)
+    order = sorted(range(var.size), key=lambda i: var.ravel()[i])
+    edges, acc, groups = w.sum() / 3, 0.0, [[], [], []]
+    for i in order:  # a point goes to the group its cumulative weight ends in
+        acc += w.ravel()[i]
+        groups[min(int(acc / edges - 1e-12), 2)].append(i)
+    for b, idx in enumerate(groups):
+        wb = w.ravel()[idx]
+        assert float(bins["spread"][b]) == pytest.approx(math.sqrt((wb * var.ravel()[idx]).sum() / wb.sum()), rel=1e-10)
+        assert float(bins["rmse"][b]) == pytest.approx(math.sqrt((wb * err2.ravel()[idx]).sum() / wb.sum()), rel=1e-10)
+    assert np.all(np.diff(bins["spread"].values) > 0)
+
+
+def test_layer_thickness_error_matches_brute_force(atmosphere):
+    forecast, truth = atmosphere
+    f, y, lat = forecast.values, truth.values, truth.lat.values
+    num, den = np.zeros(4), np.zeros(4)
+    for t, i, j in points(y):
+        dz_f, dz_y = np.diff(brute_heights(f[t, :, i, j])), np.diff(brute_heights(y[t, :, i, j]))
+        for k in range(4):
+            if not np.isnan(dz_y[k]):
+                w = math.cos(math.radians(lat[i]))
+                num[k] += w * (dz_f[k] - dz_y[k]) ** 2
+                den[k] += w
+    error = m.layer_thickness_error(forecast, truth)
+    assert list(error.level.values) == list(LEVELS[:-1])
+    np.testing.assert_allclose(error.values, np.sqrt(num / den), rtol=1e-10)
+
+
+def test_power_ratio_by_band_matches_brute_force():
+    rng = np.random.default_rng(24)
+    truth = field(rng.normal(size=(3, 2, 16, 16)))
+    forecast = truth + 0.5 * field(rng.normal(size=(3, 2, 16, 16)))
+    truth[1, 1, 3, 3] = np.nan  # that field leaves level 500's sums
+    ratio = m.power_ratio_by_band(forecast, truth, 4)
+    assert ratio.dims == ("level", "band") and list(ratio.band.values) == ["coarse", "transition", "fine"]
+    for k in range(2):
+        sums = {band: [0.0, 0.0] for band in ratio.band.values}
+        for t in range(3):
+            if np.isnan(truth.values[t, k]).any():
+                continue
+            p_hat, p = brute_power(forecast.values[t, k]), brute_power(truth.values[t, k])
+            for wavenumber in range(1, 9):  # n = 16, s = 4: coarse k <= 2, transition 3..4, fine 5..8
+                band = "coarse" if wavenumber <= 2 else "transition" if wavenumber <= 4 else "fine"
+                sums[band][0] += p_hat[wavenumber - 1]
+                sums[band][1] += p[wavenumber - 1]
+        for band, (top, bottom) in sums.items():
+            assert float(ratio.isel(level=k).sel(band=band)) == pytest.approx(top / bottom, rel=1e-10)

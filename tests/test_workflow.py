@@ -12,6 +12,7 @@ import yaml
 
 from geodiff.checkpoint import load_checkpoint
 from geodiff.data.grid import Grid
+from geodiff.provenance import config_hash
 from test_constraint import block_mean
 from workflow_run import ROOT, config_variant, copy_workflow, planned_jobs, snakemake
 
@@ -85,7 +86,8 @@ def test_constrained_fields_coarsen_to_the_coarse_input(run):
 
 def test_metrics_table_is_tidy_and_complete(run):
     table = pd.read_csv(run / RUN / "metrics.csv")
-    assert list(table.columns) == ["method", "variable", "level", "metric", "value"]
+    assert list(table.columns) == ["method", "variable", "level", "metric", "value", "units"]
+    assert (table.loc[table["metric"] == "rmse", "units"] == "K").all() and set(table["units"]) <= {"K", "K km-1", "m", "1", "s"}
     assert not table["value"].isna().any()
     overall = table[(table["level"] == "all")].pivot_table(index="method", columns="metric", values="value")
     for method in ["bicubic", "bilinear", "deterministic", "ablation_no_priors", "geodiff_mean"]:
@@ -97,6 +99,105 @@ def test_metrics_table_is_tidy_and_complete(run):
     assert overall.loc["geodiff", "sampling_seconds"] > 0 and overall.loc["geodiff_guided", "sampling_seconds"] > 0
     per_level = table[(table["level"] != "all") & (table["metric"] == "rmse")]
     assert set(per_level["level"].astype(int)) == {1000, 850, 700, 500, 300}
+
+
+def test_summary_numbers_equal_the_metrics_table(run):
+    """results/summary.md: every number is the CSV's (4 significant digits), under the run's config hash."""
+    res = run / RUN
+    text = (res / "summary.md").read_text()
+    resolved = yaml.safe_load((res / "config.resolved.yaml").read_text())
+    assert f"run config {config_hash(resolved['config_hashes'])}" in text.splitlines()[0]
+    table = pd.read_csv(res / "metrics.csv")
+    overall = table[table["level"] == "all"].pivot_table(index="method", columns="metric", values="value")
+    lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith(("| method", "| ---"))]
+    source = {"rmse": "_mean", "mae": "_mean", "crps": "", "spread_skill": "",
+              "lapse_rate_rmse": "_member", "spurious_instability": "_member"}
+    ensembles = {"geodiff", "geodiff_constrained", "geodiff_guided", "geodiff_guided_constrained"}
+    methods = []
+    for line in lines:
+        method, *values = [cell.strip() for cell in line.strip("|").split("|")]
+        methods.append(method)
+        for metric, value in zip([*source, "ratio_to_bicubic"], values):
+            if metric == "ratio_to_bicubic":
+                expected = summary_rmse(overall, method, ensembles) / overall.loc["bicubic", "rmse"]
+            else:
+                row = f"{method}{source[metric]}" if method in ensembles else method
+                expected = overall.loc[row, metric] if metric in overall.columns else np.nan
+            if value == "":
+                assert np.isnan(expected), (method, metric)
+            else:
+                assert float(value) == pytest.approx(expected, rel=5e-4), (method, metric)
+    assert set(methods) == {"bicubic", "bilinear", "deterministic", "deterministic_constrained", "ablation_no_priors"} | ensembles
+
+
+def summary_rmse(overall, method, ensembles):
+    return overall.loc[f"{method}_mean" if method in ensembles else method, "rmse"]
+
+
+def test_report_opens_in_chromium_with_every_figure_and_the_tables(run, chromium, tmp_path):
+    """`snakemake --report` gives one self-contained page; headless Chromium shows its categories,
+    decodes every image it holds and reads the summary table it holds."""
+    from playwright.sync_api import sync_playwright
+
+    report = tmp_path / "report.html"
+    snakemake(run, "--report", str(report), "--configfile", "config/test.yaml")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(report.as_uri())
+        menu = page.inner_text("body")
+        assert all(category in menu for category in ["Calibration", "Fields", "Scores", "Training"]), menu[:500]
+        page.get_by_text("Scores", exact=True).click()
+        assert page.locator("tr", has_text="summary.csv").count() == 1
+        held = dict(page.evaluate("Object.values(results).map(r => [r.filename, r.data_uri])"))
+        images = {name: uri for name, uri in held.items() if name.endswith(".png")}
+        assert set(images) == {"maps.png", "profiles.png", "spectra.png", "rank_histograms.png", "spread_skill.png",
+                               "training.png"}
+        sizes = page.evaluate(
+            "uris => Promise.all(uris.map(u => { const img = new Image(); img.src = u;"
+            " return img.decode().then(() => [img.naturalWidth, img.naturalHeight]); }))",
+            list(images.values()),
+        )
+        assert all(w > 100 and h > 100 for w, h in sizes), dict(zip(images, sizes))
+        summary = page.evaluate("u => fetch(u).then(r => r.text())", held["summary.csv"])
+        page.screenshot(path=str(tmp_path / "report.png"))
+        browser.close()
+    assert summary.replace("\r\n", "\n") == (run / RUN / "summary.csv").read_text()
+    assert "geodiff_constrained" in summary and not errors, errors
+
+
+REFERENCE = ROOT / "tests/reference/test_metrics.csv"
+"""metrics.csv of a run of config/test.yaml (regenerate: copy results/test/metrics.csv there, in the
+commit of a change that improves skill; see tests/reference/README.md)."""
+TOLERANCE = {"rmse": 0.02, "crps": 0.02}
+"""Relative worsening of a method's overall score that fails the reference test: measured run-to-run
+noise (tests/reference/README.md) with margin."""
+
+
+def skill_regressions(reference: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """One line per method and metric of :data:`TOLERANCE` whose overall score is worse than the
+    reference's by more than its tolerance, or missing."""
+    def overall(t):
+        return t[t["level"] == "all"].set_index(["method", "metric"])["value"]
+
+    ref, new = overall(reference), overall(table)
+    lines = []
+    for (method, metric), value in ref.items():
+        if metric not in TOLERANCE:
+            continue
+        if (method, metric) not in new.index:
+            lines.append(f"{method} {metric}: missing (reference {value:.4f})")
+        elif new[(method, metric)] > value * (1 + TOLERANCE[metric]):
+            lines.append(f"{method} {metric}: {new[(method, metric)]:.4f} against the reference {value:.4f} "
+                         f"(+{new[(method, metric)] / value - 1:.1%}, tolerance {TOLERANCE[metric]:.0%})")
+    return lines
+
+
+def test_skill_is_no_worse_than_the_reference_run(run):
+    worse = skill_regressions(pd.read_csv(REFERENCE), pd.read_csv(run / RUN / "metrics.csv"))
+    assert not worse, "skill lost against tests/reference/test_metrics.csv:\n" + "\n".join(worse)
 
 
 def test_nothing_left_to_do_and_evaluation_only_reruns(run):
@@ -179,8 +280,10 @@ def planned_after(run, name: str, replacements: list[tuple[str, str]], *targets:
     return sorted(p.removeprefix(f"{RUN}/") for job in jobs for p in job.get("output", "").split(", ") if p)
 
 
+FIGURES = [f"figures/{name}.png" for name in ["maps", "profiles", "rank_histograms", "spectra", "spread_skill"]]
+SCORES = [*FIGURES, "metrics.csv", "metrics_by_level.csv", "summary.csv", "summary.md"]
 EVALUATION = ["baselines/test_ablation_no_priors.nc", "baselines/test_deterministic.nc",
-              "baselines/test_deterministic_constrained.nc", "figures", "metrics.csv", "metrics_by_level.csv"]
+              "baselines/test_deterministic_constrained.nc", *SCORES]
 SAMPLES = ["samples/test_ensemble.nc", "samples/test_ensemble_constrained.nc", "samples/test_ensemble_guided.nc",
            "samples/test_ensemble_guided_constrained.nc"]
 
@@ -192,13 +295,13 @@ SAMPLES = ["samples/test_ensemble.nc", "samples/test_ensemble_constrained.nc", "
 )
 def test_a_diffusion_setting_retrains_the_diffusion_model_only(run, old, new):
     planned = planned_after(run, "diffusion", [(old, new)])
-    assert planned == ["figures", "metrics.csv", "metrics_by_level.csv", "models/residual.pt", *SAMPLES]
+    assert planned == sorted([*SCORES, "figures/training.png", "models/residual.pt", *SAMPLES])
 
 
 def test_a_learning_rate_reruns_no_interpolation(run):
     planned = planned_after(run, "lr", [("lr: 2.0e-3", "lr: 1.0e-3")])
-    assert planned == sorted([*EVALUATION, "models/ablation_no_priors.pt", "models/deterministic.pt",
-                              "models/residual.pt", *SAMPLES])
+    assert planned == sorted([*EVALUATION, "figures/training.png", "models/ablation_no_priors.pt",
+                              "models/deterministic.pt", "models/residual.pt", *SAMPLES])
 
 
 def test_download_settings_rerun_nothing(run):

@@ -64,7 +64,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from geodiff.evaluate.tables import write_tables
 
     out = Path(args.out)
-    write_tables(args.store, args.ensemble, args.baselines, str(out / "metrics.csv"), str(out / "metrics_by_level.csv"), str(out / "figures"))
+    write_tables(args.store, args.ensemble, args.baselines, str(out / "metrics.csv"), str(out / "metrics_by_level.csv"),
+                 str(out / "summary.md"), str(out / "figures"))
 
 
 def parser() -> argparse.ArgumentParser:

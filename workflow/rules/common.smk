@@ -1,8 +1,10 @@
 # Helpers shared by the rules: paths, months, splits, stage hashes, resources and params.
 import json
+import os
 import shlex
 
 from geodiff.shutdown import stop_jobs_on_signal
+from geodiff.provenance import config_hash
 from geodiff.workflow import (
     export_source_path,
     local_files_by_month,
@@ -23,6 +25,15 @@ SPLITS = ["train", "val", "test"]
 UPSAMPLERS = ["bicubic", "bilinear"]
 ABLATIONS = config["ablations"]
 HASHES = stage_hashes(config)
+MODEL_NAMES = ["deterministic", "residual", *(f"ablation_{a}" for a in ABLATIONS)]
+FIGURES = {
+    "maps": "Fields",
+    "profiles": "Scores",
+    "spectra": "Fields",
+    "rank_histograms": "Calibration",
+    "spread_skill": "Calibration",
+}
+"""Figures of the metrics rule (geodiff.evaluate.plots.FIGURES) and their report category."""
 LOCAL_FILES = (
     local_files_by_month(config, MONTHS) if config["data"]["source"] == "local" else {}
 )
@@ -44,8 +55,26 @@ def benchmarks(name):
 
 
 def get_final_outputs():
-    """The targets of the default run: the metric tables (and through them everything else)."""
-    return [results("metrics.csv"), results("metrics_by_level.csv")]
+    """The targets of the default run: the metric tables and summary (through them everything
+    else) and the training curves."""
+    return [
+        results("metrics.csv"),
+        results("metrics_by_level.csv"),
+        results("summary.md"),
+        results("figures/training.png"),
+    ]
+
+
+def get_trained_models():
+    """Every model file of the run (their trainings wrote the TensorBoard logs)."""
+    return [results(f"models/{name}.pt") for name in MODEL_NAMES]
+
+
+def print_summary(path):
+    """Print the run's summary table at the end of a successful run, when it exists."""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            print(fh.read())
 
 
 def get_download_input(wildcards):

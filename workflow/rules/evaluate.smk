@@ -98,9 +98,22 @@ rule metrics:
         ensembles=get_ensemble_files(),
         baselines=get_baseline_files(),
     output:
-        metrics=results("metrics.csv"),
+        metrics=report(
+            results("metrics.csv"), caption="../report/metrics.rst", category="Scores"
+        ),
         by_level=results("metrics_by_level.csv"),
-        figures=directory(results("figures")),
+        summary=results("summary.md"),
+        summary_table=report(
+            results("summary.csv"), caption="../report/summary.rst", category="Scores"
+        ),
+        figures=[
+            report(
+                results(f"figures/{name}.png"),
+                caption=f"../report/{name}.rst",
+                category=category,
+            )
+            for name, category in FIGURES.items()
+        ],
     log:
         logs("metrics"),
     benchmark:
@@ -111,5 +124,30 @@ rule metrics:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        config_hash=config_hash(HASHES),
     script:
         "../../scripts/metrics.py"
+
+
+rule training_curves:
+    input:
+        get_trained_models(),
+    output:
+        report(
+            results("figures/training.png"),
+            caption="../report/training.rst",
+            category="Training",
+        ),
+    log:
+        logs("training_curves"),
+    conda:
+        "../../envs/evaluate.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        logdirs={name: results(f"logs/tensorboard/{name}") for name in MODEL_NAMES},
+    script:
+        "../../scripts/training_curves.py"

@@ -104,6 +104,52 @@ def spread_skill_ratio(ensemble: xr.DataArray, truth: xr.DataArray, dims: Sequen
     return np.sqrt((m + 1) / m) * spread / rmse(ensemble.mean(MEMBER, skipna=False), truth, dims)
 
 
+RANK = "rank"
+"""Rank dimension of rank histograms: the truth's rank among the members, 0..M."""
+BIN = "spread_bin"
+"""Spread-bin dimension of binned spread-skill."""
+
+
+def rank_histogram(ensemble: xr.DataArray, truth: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:
+    """Area-weighted frequency of the truth's rank among the M members, over `dims` (Hamill 2001), 1.
+
+    The rank is the number of members strictly below the truth, 0..M (a member equal to
+    the truth, which continuous fields do not have, counts as above); frequencies sum to 1 over `rank` and are 1/(M+1)
+    each for a calibrated ensemble. Points without truth are left out.
+    """
+    rank = (ensemble < truth).sum(MEMBER)
+    m = ensemble.sizes[MEMBER]
+    counts = [weighted_mean((rank == r).astype(np.float64), truth.notnull(), dims) for r in range(m + 1)]
+    return xr.concat(counts, dim=RANK).assign_coords({RANK: np.arange(m + 1)})
+
+
+def rank_flatness(histogram: xr.DataArray) -> xr.DataArray:
+    """Reliability index Δ = Σ_r |f_r − 1/(M+1)| of a rank histogram (Delle Monache et al. 2006), 1:
+    0 for a flat histogram, 2 (1 − 1/(M+1)) when every truth falls in one bin."""
+    return abs(histogram - 1.0 / histogram.sizes[RANK]).sum(RANK)
+
+
+def spread_skill_bins(ensemble: xr.DataArray, truth: xr.DataArray, bins: int = 5) -> xr.Dataset:
+    """Binned spread-skill: points pooled over every dim and split into `bins` groups of equal area
+    weight by ensemble spread; per group the mean spread √(E[s²]·(M+1)/M) and the RMSE of the
+    ensemble mean, K (equal for a consistent ensemble; s² the unbiased member variance)."""
+    m = ensemble.sizes[MEMBER]
+    variance = ensemble.var(MEMBER, ddof=1) * (m + 1) / m
+    error2 = (ensemble.mean(MEMBER) - truth) ** 2
+    w = area_weights(truth[LAT]).broadcast_like(truth).where(truth.notnull(), 0.0)
+    order = np.argsort(variance.values.ravel(), kind="stable")
+    cumulative = np.cumsum(w.values.ravel()[order]) / w.values.sum()
+    group = np.minimum((cumulative * bins - 1e-12).astype(int), bins - 1)
+    spread, rmse_mean = [], []
+    for b in range(bins):
+        idx = order[group == b]
+        wb = w.values.ravel()[idx]
+        spread.append(np.sqrt((wb * variance.values.ravel()[idx]).sum() / wb.sum()))
+        rmse_mean.append(np.sqrt((wb * np.nan_to_num(error2.values.ravel()[idx])).sum() / wb.sum()))
+    coords = {BIN: np.arange(bins)}
+    return xr.Dataset({"spread": (BIN, spread), "rmse": (BIN, rmse_mean)}, coords=coords)
+
+
 def _along_levels(fn: Callable[[np.ndarray, np.ndarray], np.ndarray], t: xr.DataArray) -> xr.DataArray:
     """`fn(values, p)` applied to every column of `t` (levels last, p in hPa), dims in the order of `t`.
 
@@ -156,6 +202,15 @@ def thickness_error(forecast: xr.DataArray, truth: xr.DataArray, dims: Sequence[
     return rmse(height_field(forecast).isel(top, drop=True), height_field(truth).isel(top, drop=True), dims)
 
 
+def layer_thickness_error(forecast: xr.DataArray, truth: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:
+    """RMSE of each layer's thickness ΔZ_k = Z_{k+1} − Z_k (hypsometric, `height_field`), m, on the
+    `level` of the layer's lower (higher-pressure) bound; L − 1 layers."""
+    def layers(t: xr.DataArray) -> xr.DataArray:
+        return height_field(t).diff(LEVEL, label="lower")
+
+    return rmse(layers(forecast), layers(truth), dims)
+
+
 def radial_power(x: xr.DataArray) -> xr.DataArray:
     """Power spectrum of every lat-lon field of `x`, binned by radial wavenumber, in the units of `x` squared.
 
@@ -175,6 +230,34 @@ def radial_power(x: xr.DataArray) -> xr.DataArray:
 
     spectra = xr.apply_ufunc(power, x, input_core_dims=[[LAT, LON]], output_core_dims=[[WAVENUMBER]])
     return spectra.assign_coords({WAVENUMBER: wavenumber})
+
+
+BANDS = ("coarse", "transition", "fine")
+"""Scale bands of :func:`power_ratio_by_band`."""
+
+
+def power_ratio_by_band(forecast: xr.DataArray, truth: xr.DataArray, scale_factor: int) -> xr.DataArray:
+    """Predicted over true power per level and scale band, 1, over the fields (time) whose truth is complete.
+
+    With n = min(n_lat, n_lon) fine cells and s = `scale_factor`, the radial wavenumbers k
+    (cycles per box, :func:`radial_power`) fall in `coarse` (k ≤ n/(2s): resolved by the
+    coarse grid), `transition` (n/(2s) < k ≤ n/s) and `fine` (k > n/s: shorter than the
+    coarse grid length, as :func:`small_scale_power_ratio`). Dims (level, band).
+    """
+    n = min(truth.sizes[LAT], truth.sizes[LON])
+    p_hat, p = radial_power(forecast), radial_power(truth)
+    complete = p.notnull().all(WAVENUMBER)
+    k = p[WAVENUMBER].values
+    masks = {"coarse": k <= n / (2 * scale_factor), "transition": (k > n / (2 * scale_factor)) & (k <= n / scale_factor),
+             "fine": k > n / scale_factor}
+    others = [d for d in p.dims if d not in (LEVEL, WAVENUMBER)]
+    ratios = []
+    for band in BANDS:
+        sel = {WAVENUMBER: masks[band]}
+        top = p_hat.isel(sel).where(complete, 0.0).sum([WAVENUMBER, *others], skipna=False)
+        bottom = p.isel(sel).where(complete, 0.0).sum([WAVENUMBER, *others])
+        ratios.append(top / bottom.where(bottom > 0))
+    return xr.concat(ratios, dim="band").assign_coords(band=list(BANDS)).transpose(LEVEL, "band")
 
 
 def small_scale_power_ratio(forecast: xr.DataArray, truth: xr.DataArray, scale_factor: int) -> float:

@@ -1,25 +1,34 @@
-"""Metric tables (tidy CSV) and figures for every method on the evaluation split."""
+"""Metric tables (tidy CSV), the paper-style summary and figures for every method on the evaluation split."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 import xarray as xr
 
 from geodiff.constants import LEVEL
-from geodiff.data.store import read_field, store_info
+from geodiff.data.store import read_field, read_statics, store_info
 from geodiff.evaluate import metrics as m
 from geodiff.evaluate.plots import write_figures
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["method", "variable", "level", "metric", "value"]
+COLUMNS = ["method", "variable", "level", "metric", "value", "units"]
 POINT_METRICS = {"rmse": m.rmse, "mae": m.mae, "bias": m.bias, "lapse_rate_rmse": m.lapse_rate_rmse,
-                 "spurious_instability": m.spurious_instability}
-ENSEMBLE_METRICS = {"crps": m.crps_fair, "spread_skill": m.spread_skill_ratio}
+                 "spurious_instability": m.spurious_instability, "layer_thickness_rmse": m.layer_thickness_error}
+ENSEMBLE_METRICS = {"crps": m.crps_fair, "spread_skill": m.spread_skill_ratio,
+                    "rank_flatness": lambda e, y, dims=None: m.rank_flatness(m.rank_histogram(e, y, dims))}
+UNITS = {"rmse": "K", "mae": "K", "bias": "K", "crps": "K", "lapse_rate_rmse": "K km-1", "spurious_instability": "1",
+         "layer_thickness_rmse": "m", "thickness_rmse": "m", "small_scale_power_ratio": "1", "spread_skill": "1",
+         "rank_flatness": "1", "sampling_seconds": "s", **{f"power_ratio_{band}": "1" for band in m.BANDS}}
+"""Units of every metric of the table (the `units` column)."""
+SUMMARY = {"rmse": "RMSE (K)", "mae": "MAE (K)", "crps": "CRPS (K)", "spread_skill": "spread-skill",
+           "lapse_rate_rmse": "lapse-rate RMSE (K/km)", "spurious_instability": "spurious instability"}
+"""Columns of the summary: metric -> heading."""
 
 
 def _rows(method: str, metric: str, fn: Callable[..., xr.DataArray], forecast: xr.DataArray, truth: xr.DataArray) -> list[dict]:
@@ -43,6 +52,9 @@ def method_rows(method: str, forecast: xr.DataArray, truth: xr.DataArray, scale_
     rows.append(dict(method=method, variable="t", level="all", metric="thickness_rmse", value=float(m.thickness_error(forecast, truth))))
     rows.append(dict(method=method, variable="t", level="all", metric="small_scale_power_ratio",
                      value=m.small_scale_power_ratio(forecast, truth, scale_factor)))
+    bands = m.power_ratio_by_band(forecast, truth, scale_factor)
+    rows += [dict(method=method, variable="t", level=str(int(lev)), metric=f"power_ratio_{band}", value=float(bands.sel({LEVEL: lev, "band": band})))
+             for lev in bands[LEVEL].values for band in m.BANDS]
     return rows
 
 
@@ -65,7 +77,49 @@ def metric_table(truth: xr.DataArray, predictions: dict[str, xr.DataArray], ense
         rows += method_rows(f"{method}_mean", ensemble.mean(m.MEMBER), truth, scale_factor)
         rows += method_rows(f"{method}_member", ensemble.isel({m.MEMBER: 0}, drop=True), truth, scale_factor)
         rows += ensemble_rows(method, ensemble, truth)
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return _with_units(rows)
+
+
+def _with_units(rows: list[dict]) -> pd.DataFrame:
+    """The tidy table of `rows`, the `units` column filled from :data:`UNITS`."""
+    return pd.DataFrame([{**row, "units": UNITS[row["metric"]]} for row in rows], columns=COLUMNS)
+
+
+def summary_table(table: pd.DataFrame, ensembles: list[str]) -> pd.DataFrame:
+    """Methods x the :data:`SUMMARY` metrics (overall values) and the RMSE ratio to bicubic.
+
+    A point method's row holds its own scores; an ensemble E's row holds the RMSE and MAE of
+    its mean (E_mean), its CRPS and spread-skill, and the physics of one member (E_member):
+    what a user who takes a single member gets.
+    """
+    overall = table[table["level"] == "all"].pivot_table(index="method", columns="metric", values="value")
+    parts = {f"{e}{suffix}" for e in ensembles for suffix in ("", "_mean", "_member")}
+    out = overall.loc[[name for name in overall.index if name not in parts], [k for k in SUMMARY if k in overall]]
+    for e in ensembles:
+        out.loc[e] = {"rmse": overall.loc[f"{e}_mean", "rmse"], "mae": overall.loc[f"{e}_mean", "mae"],
+                      "crps": overall.loc[e, "crps"], "spread_skill": overall.loc[e, "spread_skill"],
+                      "lapse_rate_rmse": overall.loc[f"{e}_member", "lapse_rate_rmse"],
+                      "spurious_instability": overall.loc[f"{e}_member", "spurious_instability"]}
+    if "bicubic" in overall.index:
+        out["ratio_to_bicubic"] = out["rmse"] / overall.loc["bicubic", "rmse"]
+    return out.rename_axis("method")
+
+
+def write_summary(summary: pd.DataFrame, path: str, config_hash: str) -> str:
+    """`summary` as Markdown (4 significant digits) under a heading with the run's config hash (in the
+    workflow: the hash of every stage's hash, config.resolved.yaml's `config_hashes`) and the date
+    (UTC); returns the text."""
+    headings = {**SUMMARY, "ratio_to_bicubic": "RMSE / bicubic"}
+    lines = [f"# GeoDiff summary, run config {config_hash}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
+             "Overall over the evaluation split. Ensembles: RMSE and MAE of the mean, CRPS and spread-skill of the "
+             "ensemble, lapse-rate RMSE and spurious instability of one member.", "",
+             "| method | " + " | ".join(headings[c] for c in summary.columns) + " |",
+             "| --- |" + " --- |" * len(summary.columns)]
+    for method, row in summary.iterrows():
+        lines.append(f"| {method} | " + " | ".join("" if pd.isna(v) else f"{v:.4g}" for v in row) + " |")
+    text = "\n".join(lines) + "\n"
+    Path(path).write_text(text, encoding="utf-8")
+    return text
 
 
 def _read_predictions(paths: list[str]) -> tuple[dict[str, xr.DataArray], dict[str, dict]]:
@@ -85,22 +139,27 @@ def cost_rows(attrs: dict[str, dict]) -> list[dict]:
 
 
 def write_tables(store_path: str, ensemble_paths: list[str], baseline_paths: list[str], metrics_path: str,
-                 by_level_path: str, figures_dir: str) -> pd.DataFrame:
-    """Compute every metric on the split and write metrics.csv, metrics_by_level.csv and figures
-    (those of an ensemble show the first of `ensemble_paths`)."""
+                 by_level_path: str, summary_path: str, figures_dir: str, config_hash: str = "") -> pd.DataFrame:
+    """Compute every metric on the split and write metrics.csv, metrics_by_level.csv (levels in
+    numeric order), the summary (`summary_path`, Markdown, beside it the same numbers as CSV) and the
+    figures (those of an ensemble show the first of `ensemble_paths`)."""
     truth = read_field(store_path, "hr/t")
     scale_factor = store_info(store_path)["scale_factor"]
     predictions, _ = _read_predictions(baseline_paths)
     ensembles, ensemble_attrs = _read_predictions(ensemble_paths)
     table = metric_table(truth, predictions, ensembles, scale_factor)
-    table = pd.concat([table, pd.DataFrame(cost_rows(ensemble_attrs), columns=COLUMNS)], ignore_index=True)
+    table = pd.concat([table, _with_units(cost_rows(ensemble_attrs))], ignore_index=True)
     if table["value"].isna().any():
         raise ValueError(f"NaN metrics: {table[table['value'].isna()].to_dict('records')}")
     Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(metrics_path, index=False, float_format="%.6g")
-    wide = table[table["level"] != "all"].pivot_table(index=["metric", "level"], columns="method", values="value")
+    per_level = table[table["level"] != "all"].assign(level=lambda t: t["level"].astype(int))
+    wide = per_level.pivot_table(index=["metric", "level"], columns="method", values="value").sort_index()
     wide.to_csv(by_level_path, float_format="%.6g")
-    overall = table[(table["level"] == "all") & (table["metric"] == "rmse")].set_index("method")["value"]
-    log.info("overall RMSE (K):\n%s", overall.to_string())
-    write_figures(truth, predictions, next(iter(ensembles.values())), read_field(store_path, "lr_up/t"), table, figures_dir)
+    summary = summary_table(table, list(ensembles))
+    summary.to_csv(Path(summary_path).with_suffix(".csv"), float_format="%.6g")
+    log.info("summary:\n%s", write_summary(summary, summary_path, config_hash))
+    first = next(iter(ensembles.values()))
+    write_figures(truth, predictions, first, read_field(store_path, "lr_up/t"), read_statics(store_path, ["lsm"])["lsm"],
+                  table, scale_factor, figures_dir)
     return table
