@@ -14,6 +14,7 @@ import torch
 import xarray as xr
 import yaml
 
+from geodiff.constants import STORE_LAYOUT
 from geodiff.data.loader import StoreDataset
 from geodiff.data.lowres import make_regridder, write_lowres
 from geodiff.data.store import build_store, read_field, read_stats, store_coords, store_info
@@ -66,6 +67,24 @@ def test_layout_and_stats(months, tmp_path):
         np.testing.assert_array_equal(g["stats/t/mean"][:], f["stats/t/mean"][:])  # val uses train stats
         assert f["hr/t"].attrs["units"] == "K" and f.attrs["config_hash"] == "hash"
         assert list(f["level"][:]) == [1000, 850, 700, 500, 300]
+
+
+def test_the_coarse_input_is_kept_and_netcdf_readers_see_named_dims(months, tmp_path):
+    """`lr/t` is the regridded month's t_coarse; dimension scales give every field its dims by name."""
+    build(months, tmp_path / "train.h5")
+    low = months[2]
+    with xr.open_dataset(low[0], engine="netcdf4") as first:
+        coarse, coarse_lat = first["t_coarse"].values, first["lat_coarse"].values
+    with h5py.File(tmp_path / "train.h5") as f:
+        np.testing.assert_array_equal(f["lr/t"][: len(coarse)], coarse.astype(np.float32))
+        assert f.attrs["store_layout"] == STORE_LAYOUT
+    dims = {}
+    for group in ["hr", "lr", "priors", "static"]:
+        with xr.open_dataset(tmp_path / "train.h5", group=group, engine="h5netcdf", decode_times=False) as ds:
+            dims.update({f"{group}/{name}": v.dims for name, v in ds.data_vars.items()})
+    assert dims["hr/t"] == dims["priors/theta"] == ("time", "level", "lat", "lon")
+    assert dims["lr/t"] == ("time", "level", "lat_coarse", "lon_coarse") and dims["static/lsm"] == ("lat", "lon")
+    np.testing.assert_array_equal(read_field(tmp_path / "train.h5", "lr/t")["lat"].values, coarse_lat)
 
 
 def test_priors_come_from_the_input_not_the_truth(months, tmp_path):

@@ -1,7 +1,9 @@
 """The whole workflow, end to end, on config/test.yaml in a temporary copy of the repository."""
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -198,6 +200,19 @@ def skill_regressions(reference: pd.DataFrame, table: pd.DataFrame) -> list[str]
 def test_skill_is_no_worse_than_the_reference_run(run):
     worse = skill_regressions(pd.read_csv(REFERENCE), pd.read_csv(run / RUN / "metrics.csv"))
     assert not worse, "skill lost against tests/reference/test_metrics.csv:\n" + "\n".join(worse)
+
+
+@pytest.mark.parametrize("name", ["raw/2001-01.nc", "raw/statics.nc", "regrid/2001-01.nc", "regrid/weights_bicubic.nc",
+                                  "baselines/test_bicubic.nc", "baselines/test_deterministic_constrained.nc",
+                                  "samples/test_ensemble.nc", "samples/test_ensemble_guided_constrained.nc"])
+def test_every_kind_of_netcdf_output_passes_the_cf_checker(run, name):
+    """The IOOS compliance checker (CF 1.8) finds nothing to correct in any kind of file the workflow writes."""
+    checker = Path(sys.executable).parent / "compliance-checker"
+    proc = subprocess.run([str(checker), "--test", "cf:1.8", "--format", "json", "-o", "-", str(run / RUN / name)],
+                          capture_output=True, text=True)
+    (result,) = json.loads(proc.stdout).values()
+    problems = [msg for item in result["all_priorities"] for msg in item["msgs"]]
+    assert result["scored_points"] == result["possible_points"] and not problems, problems
 
 
 def test_nothing_left_to_do_and_evaluation_only_reruns(run):

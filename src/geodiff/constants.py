@@ -24,7 +24,7 @@ CF_ATTRS = {
     "t": {"units": "K", "standard_name": "air_temperature", "long_name": "Air temperature"},
     "z": {"units": "m2 s-2", "standard_name": "geopotential", "long_name": "Geopotential"},
     "orography": {"units": "m", "standard_name": "surface_altitude", "long_name": "Orography height"},
-    "lsm": {"units": "1", "standard_name": "land_binary_mask", "long_name": "Land-sea mask (fraction of land)"},
+    "lsm": {"units": "1", "standard_name": "land_area_fraction", "long_name": "Land-sea mask (fraction of land)"},
     LEVEL: {"units": "hPa", "standard_name": "air_pressure", "long_name": "Pressure level", "positive": "down", "axis": "Z"},
     LAT: {"units": "degrees_north", "standard_name": "latitude", "long_name": "Latitude", "axis": "Y"},
     LON: {"units": "degrees_east", "standard_name": "longitude", "long_name": "Longitude", "axis": "X"},

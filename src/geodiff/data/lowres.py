@@ -82,7 +82,7 @@ def lowres_dataset(raw: xr.Dataset, regridders: dict[str, Regridder]) -> xr.Data
             "lon_coarse": ("lon_coarse", coarse[LON].values, raw[LON].attrs),
         }
     )
-    ds["t_coarse"].attrs.update(raw["t"].attrs, regrid_method="conservative")
+    ds["t_coarse"].attrs.update(raw["t"].attrs, regrid_method="conservative", cell_methods="area: mean")
     ds.attrs.update(raw.attrs, regrid_backend=regridders["conservative"].backend)
     return ds
 

@@ -79,6 +79,7 @@ import xarray as xr
 from geodiff import __version__
 from geodiff.atomic import atomic_write
 from geodiff.constants import CF_ATTRS, LAT, LON
+from geodiff.data.files import cf_global_attrs
 from geodiff.data.grid import Grid
 
 log = logging.getLogger(__name__)
@@ -307,7 +308,7 @@ class _Separable:
                 "weights_lat": (("lat_out", "lat_in"), self.w_lat, {"long_name": "latitude weights", "units": "1"}),
                 "weights_lon": (("lon_out", "lon_in"), self.w_lon, {"long_name": "longitude weights", "units": "1"}),
             },
-            attrs={**attrs, "regrid_scheme": self.scheme},
+            attrs={**attrs, "regrid_scheme": self.scheme, **cf_global_attrs(attrs, "GeoDiff regrid weights")},
         )
         ds.to_netcdf(path, engine=NETCDF_ENGINE)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import xarray as xr
 
@@ -9,19 +11,25 @@ from geodiff import __version__
 from geodiff.constants import CF_ATTRS
 from geodiff.data.files import write_netcdf
 from geodiff.data.store import store_info
+from geodiff.evaluate.metrics import MEMBER
 
 
 def temperature_dataset(t: xr.DataArray, method: str, store_path: str, **attrs) -> xr.Dataset:
     """A CF dataset holding temperature `t` (K) predicted by `method` on the split of a store.
 
     Global attributes: CF conventions, `method`, `geodiff_version`, the store's
-    `config_hash` and the store as `source`, then `attrs` (a caller's `config_hash`
-    replaces the store's).
+    `config_hash`, `source` (what made the data) and the store's file name as
+    `input_store`, then `attrs` (a caller's `config_hash` replaces the store's). An
+    ensemble's member dimension is a CF `realization` coordinate.
     """
-    ds = xr.Dataset({"t": t.astype(np.float32).assign_attrs(CF_ATTRS["t"])})
+    t = t.astype(np.float32).assign_attrs(CF_ATTRS["t"])
+    if MEMBER in t.dims:
+        t = t.assign_coords({MEMBER: (MEMBER, t[MEMBER].values, {"standard_name": "realization", "long_name": "ensemble member", "units": "1"})})
+    ds = xr.Dataset({"t": t})
     ds.attrs.update(
         Conventions="CF-1.8", method=method, geodiff_version=__version__,
-        config_hash=store_info(store_path)["config_hash"], source=store_path,
+        config_hash=store_info(store_path)["config_hash"], source=f"GeoDiff {__version__}: {method}",
+        input_store=Path(store_path).name,
     )
     ds.attrs.update(attrs)
     return ds
