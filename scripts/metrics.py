@@ -18,4 +18,6 @@ write_tables(
     summary_path=snakemake.output.summary,
     figures_dir=str(Path(snakemake.output.figures[0]).parent),
     config_hash=snakemake.params.config_hash,
+    map_level=snakemake.params.map_level,
+    map_time=snakemake.params.map_time,
 )

@@ -85,6 +85,7 @@ BAD = {
         "evaluate.guidance.last_steps 7 exceeds evaluate.sampler_steps 6",
     ),
     "constraint": ([("constraint: additive", "constraint: multiplicative")], "multiplicative"),
+    "map_level": ([("map_level: 850", "map_level: 900")], "evaluate.map_level 900 hPa is not one of the levels"),
 }
 
 

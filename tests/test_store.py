@@ -85,6 +85,9 @@ def test_the_coarse_input_is_kept_and_netcdf_readers_see_named_dims(months, tmp_
     assert dims["hr/t"] == dims["priors/theta"] == ("time", "level", "lat", "lon")
     assert dims["lr/t"] == ("time", "level", "lat_coarse", "lon_coarse") and dims["static/lsm"] == ("lat", "lon")
     np.testing.assert_array_equal(read_field(tmp_path / "train.h5", "lr/t")["lat"].values, coarse_lat)
+    field = read_field(tmp_path / "train.h5", "interp/bicubic")  # its attributes go on into NetCDF files
+    assert field.attrs["units"] == "K" and "DIMENSION_LIST" not in field.attrs
+    field.to_netcdf(tmp_path / "bicubic.nc")
 
 
 def test_priors_come_from_the_input_not_the_truth(months, tmp_path):

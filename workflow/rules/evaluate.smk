@@ -126,6 +126,8 @@ rule metrics:
         runtime=30,
     params:
         config_hash=config_hash(HASHES),
+        map_level=config["evaluate"]["map_level"],
+        map_time=config["evaluate"]["map_time"],
     script:
         "../../scripts/metrics.py"
 

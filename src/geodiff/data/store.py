@@ -43,6 +43,9 @@ from geodiff.physics.priors import PRIORS, compute_priors
 
 log = logging.getLogger(__name__)
 
+HDF5_DIMENSION_ATTRS = ("DIMENSION_LIST", "REFERENCE_LIST", "CLASS", "NAME")
+"""Attributes HDF5 dimension scales put on datasets: bookkeeping, not metadata to carry on."""
+
 Window = tuple[slice, slice]
 """A (lat, lon) window of the fine grid."""
 FULL: Window = (slice(None), slice(None))
@@ -299,7 +302,8 @@ def read_field(path: str | os.PathLike[str], name: str) -> xr.DataArray:
     coords = store_coords(path)
     with _open(path) as f:
         d = _dataset(f, name)
-        values, attrs = d[()], dict(d.attrs)
+        values = d[()]
+        attrs = {k: v for k, v in d.attrs.items() if k not in HDF5_DIMENSION_ATTRS}
         if name == "lr/t":
             coords.update({axis: xr.DataArray(f[f"{axis}_coarse"][()], dims=axis, attrs=CF_ATTRS[axis]) for axis in (LAT, LON)})
     return xr.DataArray(values, dims=(TIME, LEVEL, LAT, LON), coords=coords, attrs=attrs)

@@ -143,14 +143,15 @@ def plot_spread_skill(ensemble: xr.DataArray, truth: xr.DataArray, path: Path, b
     _save(fig, path)
 
 
-def write_figures(truth, predictions, ensemble, lr_up, lsm, table, scale_factor: int, figures_dir: str) -> None:
-    """The :data:`FIGURES` into `figures_dir`."""
+def write_figures(truth, predictions, ensemble, lr_up, lsm, table, scale_factor: int, figures_dir: str,
+                  level_index: int = 0, time_index: int = 0) -> None:
+    """The :data:`FIGURES` into `figures_dir`; maps and spectra at level `level_index`, maps at time `time_index`."""
     out = Path(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plot_maps(truth, lr_up, ensemble, lsm, out / "maps.png")
+    plot_maps(truth, lr_up, ensemble, lsm, out / "maps.png", level_index, time_index)
     plot_profiles(table, out / "profiles.png")
     plot_spectra(truth, {**predictions, "geodiff_member": ensemble.isel({m.MEMBER: 0}, drop=True)}, scale_factor,
-                 out / "spectra.png")
+                 out / "spectra.png", level_index)
     plot_rank_histograms(ensemble, truth, out / "rank_histograms.png")
     plot_spread_skill(ensemble, truth, out / "spread_skill.png")
 

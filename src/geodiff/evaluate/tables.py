@@ -139,11 +139,18 @@ def cost_rows(attrs: dict[str, dict]) -> list[dict]:
 
 
 def write_tables(store_path: str, ensemble_paths: list[str], baseline_paths: list[str], metrics_path: str,
-                 by_level_path: str, summary_path: str, figures_dir: str, config_hash: str = "") -> pd.DataFrame:
+                 by_level_path: str, summary_path: str, figures_dir: str, config_hash: str = "",
+                 map_level: float | None = None, map_time: int = 0) -> pd.DataFrame:
     """Compute every metric on the split and write metrics.csv, metrics_by_level.csv (levels in
     numeric order), the summary (`summary_path`, Markdown, beside it the same numbers as CSV) and the
-    figures (those of an ensemble show the first of `ensemble_paths`)."""
+    figures (those of an ensemble show the first of `ensemble_paths`; maps and spectra at the level
+    `map_level`, hPa, default the lowest, maps at the time index `map_time`)."""
     truth = read_field(store_path, "hr/t")
+    levels = [float(v) for v in truth[LEVEL].values]
+    if map_level is not None and float(map_level) not in levels:
+        raise ValueError(f"evaluate.map_level {map_level} hPa is not a level of {store_path}: {levels}")
+    if not 0 <= map_time < truth.sizes["time"]:
+        raise ValueError(f"evaluate.map_time {map_time} is outside the {truth.sizes['time']} times of {store_path}")
     scale_factor = store_info(store_path)["scale_factor"]
     predictions, _ = _read_predictions(baseline_paths)
     ensembles, ensemble_attrs = _read_predictions(ensemble_paths)
@@ -161,5 +168,5 @@ def write_tables(store_path: str, ensemble_paths: list[str], baseline_paths: lis
     log.info("summary:\n%s", write_summary(summary, summary_path, config_hash))
     first = next(iter(ensembles.values()))
     write_figures(truth, predictions, first, read_field(store_path, "lr_up/t"), read_statics(store_path, ["lsm"])["lsm"],
-                  table, scale_factor, figures_dir)
+                  table, scale_factor, figures_dir, 0 if map_level is None else levels.index(float(map_level)), map_time)
     return table
