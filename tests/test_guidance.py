@@ -17,7 +17,8 @@ import xarray as xr
 
 from geodiff.constants import G, LAT, LEVEL, LON, R_D, TIME
 from geodiff.evaluate.metrics import MEMBER, spurious_instability
-from geodiff.evaluate.sampling import stability_of, stability_guide
+from geodiff.evaluate.sampling import stability_guide
+from geodiff.model.losses import stability_of
 from geodiff.model.edm import SAMPLERS, edm_time_steps
 from test_edm import ExactGaussianDenoiser
 

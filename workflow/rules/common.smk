@@ -33,7 +33,7 @@ FIGURES = {
     "rank_histograms": "Calibration",
     "spread_skill": "Calibration",
 }
-"""Figures of the metrics rule (geodiff.evaluate.plots.FIGURES) and their report category."""
+"""Figures of the metrics rule (what geodiff.evaluate.plots.write_figures writes) and their report category."""
 LOCAL_FILES = (
     local_files_by_month(config, MONTHS) if config["data"]["source"] == "local" else {}
 )

@@ -18,6 +18,7 @@ values by the same number of kelvin, keeping every gradient inside the cell.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -29,10 +30,6 @@ from geodiff.data.regrid import Regridder
 from geodiff.data.store import read_field
 
 log = logging.getLogger(__name__)
-
-CONSTRAINTS = ("none", "additive")
-"""Values of config `model.constraint`."""
-
 
 def parent_cells(fine: np.ndarray, coarse: np.ndarray) -> np.ndarray:
     """Index of the coarse cell holding each fine cell, from the cell edges along one axis (degrees).
@@ -60,16 +57,22 @@ def conserve(fine: xr.DataArray, coarse: xr.DataArray, coarsen: Regridder) -> xr
     if coarsen.method != "conservative":
         raise ValueError(f"the constraint needs the conservative regridder, got {coarsen.method!r}")
     target: Grid = coarsen.target
-    if not target.matches(coarse[LAT].values, coarse[LON].values):
-        raise ValueError(f"coarse input on {coarse.sizes[LAT]}x{coarse.sizes[LON]} cells is not on the regridder's "
-                         f"coarse grid {target.shape}")
-    coarse = coarse.assign_coords({LAT: target.lat, LON: target.lon})
-    mismatch = coarse.astype(np.float64) - coarsen(fine.astype(np.float64))
+    mismatch = _mismatch(fine, coarse, coarsen)
     lat_parent = parent_cells(coarsen.source.lat_bounds, target.lat_bounds)
     lon_parent = parent_cells(coarsen.source.lon_bounds, target.lon_bounds)
     spread = mismatch.isel({LAT: xr.DataArray(lat_parent, dims=LAT), LON: xr.DataArray(lon_parent, dims=LON)})
     out = fine.astype(np.float64) + spread.drop_vars([LAT, LON]).assign_coords({LAT: fine[LAT], LON: fine[LON]})
     return out.transpose(*fine.dims).astype(fine.dtype).assign_attrs(fine.attrs)
+
+
+def _mismatch(fine: xr.DataArray, coarse: xr.DataArray, coarsen: Regridder) -> xr.DataArray:
+    """coarse − C(fine) in float64 on the regridder's coarse grid; `coarse` must lie on that grid."""
+    target = coarsen.target
+    if not target.matches(coarse[LAT].values, coarse[LON].values):
+        raise ValueError(f"coarse input on {coarse.sizes[LAT]}x{coarse.sizes[LON]} cells is not on the regridder's "
+                         f"coarse grid {target.shape}")
+    coarse = coarse.assign_coords({LAT: target.lat, LON: target.lon})
+    return coarse.astype(np.float64) - coarsen(fine.astype(np.float64))
 
 
 def write_constrained(prediction_path: str, store_path: str, weights_path: str, out_path: str) -> None:
@@ -80,9 +83,9 @@ def write_constrained(prediction_path: str, store_path: str, weights_path: str, 
         ds = ds.load()
     coarse = read_field(store_path, "lr/t").sel(time=ds["time"])
     t = conserve(ds["t"], coarse, coarsen)
-    mismatch = float(np.abs(coarsen(t.astype(np.float64)) - coarse.assign_coords({LAT: coarsen.target.lat, LON: coarsen.target.lon})).max())
+    mismatch = float(np.abs(_mismatch(t, coarse, coarsen)).max())
     method = f"{ds.attrs['method']}_constrained"
     log.info("%s: additive constraint, largest |C(prediction) - input| after it %.2e K", method, mismatch)
     out = ds.assign(t=t).assign_attrs(method=method, constraint="additive (Harder et al. 2023)",
-                                       constraint_max_mismatch_K=mismatch, constrained_from=prediction_path)
+                                       constraint_max_mismatch_K=mismatch, constrained_from=Path(prediction_path).name)
     write_netcdf(out, out_path)

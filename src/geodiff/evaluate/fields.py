@@ -17,7 +17,7 @@ from geodiff.evaluate.metrics import MEMBER
 def temperature_dataset(t: xr.DataArray, method: str, store_path: str, **attrs) -> xr.Dataset:
     """A CF dataset holding temperature `t` (K) predicted by `method` on the split of a store.
 
-    Global attributes: CF conventions, `method`, `geodiff_version`, the store's
+    Global attributes (`write_netcdf` adds the CF ones): `method`, `geodiff_version`, the store's
     `config_hash`, `source` (what made the data) and the store's file name as
     `input_store`, then `attrs` (a caller's `config_hash` replaces the store's). An
     ensemble's member dimension is a CF `realization` coordinate.
@@ -27,7 +27,7 @@ def temperature_dataset(t: xr.DataArray, method: str, store_path: str, **attrs) 
         t = t.assign_coords({MEMBER: (MEMBER, t[MEMBER].values, {"standard_name": "realization", "long_name": "ensemble member", "units": "1"})})
     ds = xr.Dataset({"t": t})
     ds.attrs.update(
-        Conventions="CF-1.8", method=method, geodiff_version=__version__,
+        method=method, geodiff_version=__version__,
         config_hash=store_info(store_path)["config_hash"], source=f"GeoDiff {__version__}: {method}",
         input_store=Path(store_path).name,
     )

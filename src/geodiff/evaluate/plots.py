@@ -24,8 +24,6 @@ from geodiff.evaluate import metrics as m  # noqa: E402
 
 KM_PER_DEGREE = 111.195
 """Length of one degree of latitude (mean Earth radius 6371 km), km."""
-FIGURES = ("maps", "profiles", "spectra", "rank_histograms", "spread_skill")
-"""The figures :func:`write_figures` writes, as `<name>.png`."""
 
 
 def _save(fig, path: Path) -> None:
@@ -145,7 +143,7 @@ def plot_spread_skill(ensemble: xr.DataArray, truth: xr.DataArray, path: Path, b
 
 def write_figures(truth, predictions, ensemble, lr_up, lsm, table, scale_factor: int, figures_dir: str,
                   level_index: int = 0, time_index: int = 0) -> None:
-    """The :data:`FIGURES` into `figures_dir`; maps and spectra at level `level_index`, maps at time `time_index`."""
+    """maps, profiles, spectra, rank_histograms and spread_skill (`<name>.png`) into `figures_dir`; maps and spectra at level `level_index`, maps at time `time_index`."""
     out = Path(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_maps(truth, lr_up, ensemble, lsm, out / "maps.png", level_index, time_index)

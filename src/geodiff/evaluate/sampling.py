@@ -17,9 +17,8 @@ from geodiff.data.store import store_coords, store_info
 from geodiff.evaluate.fields import write_prediction
 from geodiff.evaluate.metrics import MEMBER
 from geodiff.model.edm import SAMPLERS, Guide, edm_time_steps, sample_ensemble
-from geodiff.model.losses import instability
+from geodiff.model.losses import instability, stability_of
 from geodiff.model.networks import load_model
-from geodiff.physics.thermo import potential_temperature, static_stability
 from geodiff.device import bf16_autocast, resolve_device
 
 log = logging.getLogger(__name__)
@@ -62,12 +61,6 @@ def stability_guide(weight: float, below: float, to_kelvin: Callable[[torch.Tens
     return guide
 
 
-def stability_of(t_kelvin: torch.Tensor, p_hpa: torch.Tensor) -> torch.Tensor:
-    """Static stability σ of `t_kelvin` ([..., L, H, W], K) in float64, J kg-1 Pa-2."""
-    t = t_kelvin.double()
-    return static_stability(t, potential_temperature(t, p_hpa), p_hpa)
-
-
 @torch.no_grad()
 def ensemble_prediction(
     store_path: str,
@@ -108,7 +101,7 @@ def ensemble_prediction(
         guide = None
         if guidance:
             det_m = det.double().repeat(members, 1, 1, 1, 1)  # member m of sample b is row m·B + b
-            sigma_ref = stability_of(deterministic.denormalise(batch["lr_up"][:, 0]), p_hpa).repeat(members, 1, 1, 1)
+            sigma_ref = stability_of(deterministic.denormalise(batch["lr_up"][:, 0]).double(), p_hpa).repeat(members, 1, 1, 1)
             guide = stability_guide(guidance["stability"], below,
                                     lambda x: deterministic.denormalise((det_m + residual.unscale(x))[:, 0]), p_hpa, sigma_ref)
         with bf16_autocast(device):  # the residual network only: ŷ stays the float32 deterministic baseline

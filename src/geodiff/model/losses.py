@@ -68,6 +68,12 @@ def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = DEFAULT_E
     return masked_mean(e2 / ((e2 + eps**2).sqrt() + eps), mask)
 
 
+def stability_of(t: torch.Tensor, p_hpa: torch.Tensor) -> torch.Tensor:
+    """Static stability σ = −(R_d T/p) ∂ln θ/∂p of temperature `t` (K, [..., L, H, W]) on the levels
+    `p_hpa`, J kg-1 Pa-2, in the dtype of `t` (:func:`geodiff.physics.thermo.static_stability` of its θ)."""
+    return static_stability(t, potential_temperature(t, p_hpa), p_hpa)
+
+
 def stability_loss(t_pred: torch.Tensor, t_true: torch.Tensor, p_hpa: torch.Tensor, eps: float = DEFAULT_EPS,
                    mask: torch.Tensor | None = None) -> torch.Tensor:
     """Charbonnier on static stability, ρ(σ(ŷ)/σ₀ − σ(y)/σ₀), σ₀ = 1e-6 J kg-1 Pa-2, over complete columns.
@@ -75,8 +81,8 @@ def stability_loss(t_pred: torch.Tensor, t_true: torch.Tensor, p_hpa: torch.Tens
     σ = −(R_d T/p) ∂ln θ/∂p (Bluestein 1992, eq. 4.3.6; :func:`geodiff.physics.thermo.static_stability`).
     t_pred, t_true: temperature in K [..., L, H, W]; p_hpa: level pressures [L], hPa.
     """
-    sigma_pred = static_stability(t_pred, potential_temperature(t_pred, p_hpa), p_hpa) / SIGMA_SCALE
-    sigma_true = static_stability(t_true, potential_temperature(t_true, p_hpa), p_hpa) / SIGMA_SCALE
+    sigma_pred = stability_of(t_pred, p_hpa) / SIGMA_SCALE
+    sigma_true = stability_of(t_true, p_hpa) / SIGMA_SCALE
     return charbonnier(sigma_pred, sigma_true, eps, column_mask(mask))
 
 
@@ -88,7 +94,7 @@ def instability(t: torch.Tensor, p_hpa: torch.Tensor, sigma_ref: torch.Tensor) -
     σ as in :func:`stability_loss`; t: temperature in K [..., L, H, W]; sigma_ref: J kg-1 Pa-2,
     broadcastable to t. Returns the shape of t broadcast with sigma_ref.
     """
-    sigma = static_stability(t, potential_temperature(t, p_hpa), p_hpa)
+    sigma = stability_of(t, p_hpa)
     stable = sigma_ref > 0
     return (-sigma / torch.where(stable, sigma_ref, 1.0)).clamp_min(0.0) ** 2 * stable
 
