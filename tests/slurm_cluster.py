@@ -398,6 +398,9 @@ FAST_POLLING = [
 ]  # fmt: skip
 #: ... and, in tests of what should not fail, no resubmission of a failed job
 NO_RETRIES = ["--retries", "0"]
+#: profiles/slurm deploys the rules' conda envs; this machine has no conda, so workflow runs here
+#: take the environment they run in (no rule has `envmodules:`, so nothing is deployed)
+NO_CONDA = ["--sdm", "env-modules"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,12 +10,19 @@ What "its rules import" means is computed here, not listed by hand: the rules
 that name the env (``conda:``) give entry points (their ``script:``, or the
 ``geodiff <command>`` they run), and imports are followed through
 ``src/geodiff`` with :mod:`ast`. Imports guarded by ``try/except ImportError``
-and ``if TYPE_CHECKING`` are optional and not required.
+and ``if TYPE_CHECKING`` are optional and not required. Code that calls
+``torch.compile`` needs a C++ compiler in the env too (inductor compiles C++ on CPUs,
+Triton launchers on GPUs).
+
+Versions: every env pins the versions pyproject.toml pins (same package, same
+specifier; conda and PyPI names mapped), torch included, and the versions installed
+beside the tests satisfy every env pin.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import re
 import sys
 import tomllib
@@ -23,6 +30,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
@@ -63,13 +72,20 @@ MODULE_TO_PACKAGE = {
     "requests": "requests",
     "PIL": "pillow",
 }
+#: what a module that calls ``torch.compile`` needs, written like an import
+COMPILED = "torch.compile()"
 #: conda/pip package names that provide the same modules as another name
 PACKAGE_ALIASES = {"matplotlib": "matplotlib-base", "pytorch-gpu": "pytorch"}
 #: imports that need a package of their own beyond their top-level module's
 IMPLIED = {
     "torch.utils.tensorboard": "tensorboard",
     "xarray": "netcdf4",  # the canonical files are NetCDF: xarray needs an engine
+    COMPILED: "cxx-compiler",  # inductor builds C++ (CPU) and Triton launchers (GPU) when it runs
 }
+#: conda name -> PyPI name of the same package, where they differ (for the pins of pyproject.toml).
+#: conda's `eccodes` is the C library; its PyPI wheel `eccodeslib` carries its own build numbers
+#: and pyproject's pin of it is about the wheel (see there), so it is compared with nothing.
+CONDA_TO_PYPI = {"pytorch": "torch", "python-eccodes": "eccodes", "matplotlib-base": "matplotlib", "eccodes": None}
 
 
 def load_env(path: Path) -> dict:
@@ -114,18 +130,24 @@ def rule_blocks() -> list[str]:
 
 
 def entries_by_env() -> dict[str, list[tuple[Path, str | None]]]:
-    """env file name -> entry points ``(python file, function or None)`` of the rules using it."""
+    """env file name -> entry points ``(python file, function or None)`` of the rules using it.
+
+    A rule's ``conda:`` may choose between env files (``"a.yaml" if uses_gpu() else "b.yaml"``):
+    each of them must serve the rule.
+    """
     out: dict[str, list[tuple[Path, str | None]]] = {}
     for block in rule_blocks():
-        env = re.search(r"conda:\s*\n?\s*[\"']([^\"']+\.ya?ml)[\"']", block)
-        if env is None:
+        conda = re.search(r"conda:\s*\n?(.*)", block)
+        if conda is None:
             continue
-        entries = out.setdefault(Path(env.group(1)).name, [])
+        rule_entries: list[tuple[Path, str | None]] = []
         script = re.search(r"script:\s*\n?\s*[\"']([^\"']+\.py)[\"']", block)
         if script is not None:
-            entries.append((REPO / "scripts" / Path(script.group(1)).name, None))
+            rule_entries.append((REPO / "scripts" / Path(script.group(1)).name, None))
         for command in re.findall(r"geodiff(?:\.cli)?\s+(train|sample|evaluate)\b", block):
-            entries.append((SRC / "geodiff" / "cli.py", f"cmd_{command}"))
+            rule_entries.append((SRC / "geodiff" / "cli.py", f"cmd_{command}"))
+        for env in re.findall(r"[\"']([^\"']+\.ya?ml)[\"']", conda.group(1)):
+            out.setdefault(Path(env).name, []).extend(rule_entries)
     return out
 
 
@@ -178,6 +200,12 @@ def imports_of(path: Path, function: str | None = None) -> set[str]:
     return names
 
 
+def calls_torch_compile(path: Path) -> bool:
+    """Whether ``path`` calls ``torch.compile`` (as a call or a decorator)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return any(isinstance(node, ast.Attribute) and ast.unparse(node) == "torch.compile" for node in ast.walk(tree))
+
+
 def geodiff_file(module: str) -> Path | None:
     """The source file of a ``geodiff`` module, or None when ``module`` is not one."""
     base = SRC.joinpath(*module.split("."))
@@ -190,7 +218,8 @@ def geodiff_file(module: str) -> Path | None:
 def third_party_imports(entries: list[tuple[Path, str | None]]) -> set[str]:
     """Third-party modules reached from ``entries`` through src/geodiff.
 
-    Top-level names, plus the dotted names listed in :data:`IMPLIED`.
+    Top-level names, plus the dotted names listed in :data:`IMPLIED` and :data:`COMPILED`
+    when a file reached calls ``torch.compile``.
     """
     needed: set[str] = set()
     seen: set[Path] = set()
@@ -201,6 +230,8 @@ def third_party_imports(entries: list[tuple[Path, str | None]]) -> set[str]:
         if key in seen:
             continue
         seen.add(key)
+        if calls_torch_compile(path):
+            needed.add(COMPILED)
         for module in imports_of(path, function):
             top = module.split(".")[0]
             if top == "geodiff":
@@ -286,3 +317,82 @@ def test_shell_rules_do_not_bypass_their_env() -> None:
         and re.search(r"(?<!-m )(?<![.\w/-])geodiff\s+(train|sample|evaluate)\b", block)
     ]
     assert not offenders, f"use `python -m geodiff ...` (PYTHONPATH=src) in: {offenders}"
+
+
+def test_code_that_compiles_needs_a_compiler() -> None:
+    # the priors are torch.compile'd (geodiff.physics.priors): their rules' env must hold a C++ compiler
+    assert COMPILED in third_party_imports([(REPO / "scripts" / "priors.py", None)])
+    assert COMPILED not in third_party_imports([(REPO / "scripts" / "download.py", None)])
+
+
+def pyproject_requirements() -> dict[str, Requirement]:
+    """PyPI name -> requirement, of pyproject.toml's dependencies and optional dependencies."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    specs = project["dependencies"] + [s for extra in project["optional-dependencies"].values() for s in extra]
+    return {Requirement(s).name.lower(): Requirement(s) for s in specs}
+
+
+def conda_pins(path: Path) -> dict[str, SpecifierSet]:
+    """PyPI name -> version specifiers of an env's packages that pyproject.toml also lists.
+
+    conda's ``name=1.2`` (and ``name=1.2=build``) is read as ``==1.2``; pip entries as they are.
+    """
+    conda, pip = env_packages(load_env(path))
+    specs = [d for d in load_env(path)["dependencies"] if isinstance(d, str)] + pip
+    pins = {}
+    for spec in specs:
+        name = spec_name(spec)
+        pypi = CONDA_TO_PYPI.get(name, name)
+        if pypi is None:
+            continue
+        version = spec.split("::")[-1].strip()[len(name):].strip()
+        version = re.sub(r"^=([^=<>!].*?)(=.*)?$", r"==\1", version)  # conda's exact pin, build string dropped
+        pins[pypi] = SpecifierSet(version)
+    return pins
+
+
+def test_torch_pin_is_the_same_everywhere() -> None:
+    torch = pyproject_requirements()["torch"]
+    assert re.fullmatch(r"==\d+\.\d+\.\d+", str(torch.specifier)), f"pyproject.toml: pin torch exactly, not {torch}"
+    with_torch = {path.name: conda_pins(path)["torch"] for path in ENV_FILES if "torch" in conda_pins(path)}
+    assert with_torch, "no env installs pytorch"
+    differing = {name: str(spec) for name, spec in with_torch.items() if spec != torch.specifier}
+    assert not differing, f"envs pin pytorch other than pyproject.toml's torch{torch.specifier}: {differing}"
+
+
+@pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)
+def test_env_pins_are_pyproject_pins(path: Path) -> None:
+    required = pyproject_requirements()
+    differing = {
+        name: f"{spec or '(none)'} here, {required[name].specifier or '(none)'} in pyproject.toml"
+        for name, spec in conda_pins(path).items()
+        if name in required and spec != required[name].specifier
+    }
+    assert not differing, f"{path.name}: {differing}"
+
+
+@pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)
+def test_tested_versions_satisfy_env_pins(path: Path) -> None:
+    # the versions installed beside these tests exist together: an env whose pins they meet can be solved
+    unmet = {}
+    for name, spec in conda_pins(path).items():
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue  # conda-only packages (esmpy, xesmf, ...) and the compiler
+        if not spec.contains(installed, prereleases=True):
+            unmet[name] = f"{installed} installed, {spec} pinned"
+    assert not unmet, f"{path.name}: {unmet}"
+
+
+def test_gpu_env_is_the_cpu_env_with_the_cuda_build() -> None:
+    cpu, gpu = (load_env(REPO / "envs" / name)["dependencies"] for name in ("train.yaml", "train-cuda.yaml"))
+    torch_cpu = [d for d in cpu if spec_name(d) == "pytorch"]
+    torch_gpu = [d for d in gpu if spec_name(d) == "pytorch"]
+    assert len(torch_gpu) == 1 and re.fullmatch(r"pytorch=[\d.]+=cuda\*", torch_gpu[0].replace(" ", "")), (
+        f"envs/train-cuda.yaml must select pytorch's CUDA build (pytorch=<version>=cuda*), not {torch_gpu}"
+    )
+    assert len(torch_cpu) == 1 and "cuda" not in torch_cpu[0], f"envs/train.yaml must stay CPU-capable: {torch_cpu}"
+    assert [d for d in cpu if d not in torch_cpu] == [d for d in gpu if d not in torch_gpu], (
+        "envs/train.yaml and envs/train-cuda.yaml must list the same packages but for pytorch's build"
+    )

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from slurm_cluster import FAST_POLLING, NO_RETRIES, ClusterInfo, clean_env, job_processes
+from slurm_cluster import FAST_POLLING, NO_CONDA, NO_RETRIES, ClusterInfo, clean_env, job_processes
 from workflow_run import SNAKEMAKE, config_variant, copy_workflow, snakemake
 
 pytestmark = pytest.mark.slow
@@ -97,7 +97,7 @@ def slurm_job_state(job_id: str) -> str:
 @pytest.mark.slurm
 def test_slurm_training_job_cancelled_with_snakemake(slurm_cluster: ClusterInfo, workflow: tuple[Path, str]) -> None:
     repo, cfg = workflow
-    cmd = [*SNAKEMAKE, "--profile", "profiles/slurm", *FAST_POLLING, *NO_RETRIES, "--configfile", cfg,
+    cmd = [*SNAKEMAKE, "--profile", "profiles/slurm", *FAST_POLLING, *NO_RETRIES, *NO_CONDA, "--configfile", cfg,
            "--until", "train_deterministic"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=repo, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)  # fmt: skip

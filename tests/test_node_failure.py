@@ -19,8 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from geodiff.train.checkpoints import checkpoints
+
 from slurm_cluster import (
     FAST_POLLING,
+    NO_CONDA,
     SLURMD_TIMEOUT_S,
     ClusterInfo,
     clean_env,
@@ -68,7 +71,7 @@ def test_training_survives_a_node_failure(slurm_cluster: ClusterInfo, tmp_path: 
     # the stores on this machine (the shared file system of the cluster), the training on SLURM
     stores = [str(RUN / f"priors/{split}.h5") for split in ("train", "val")]
     snakemake(repo, *stores, "--cores", "2", "--configfile", cfg)
-    cmd = [*SNAKEMAKE, str(MODEL), "--profile", "profiles/slurm", *FAST_POLLING, "--configfile", cfg]
+    cmd = [*SNAKEMAKE, str(MODEL), "--profile", "profiles/slurm", *FAST_POLLING, *NO_CONDA, "--configfile", cfg]
     proc = subprocess.Popen(cmd, cwd=repo, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)  # fmt: skip
     node = ""
@@ -99,4 +102,4 @@ def test_training_survives_a_node_failure(slurm_cluster: ClusterInfo, tmp_path: 
     assert resumed and 0 < int(resumed.group(1)) < STEPS and int(resumed.group(1)) % CHECKPOINT_EVERY == 0, log[-3000:]
     model = torch.load(repo / MODEL, weights_only=True)
     assert model["step"] == STEPS
-    assert not checkpoint.exists()
+    assert checkpoints(checkpoint)[-1][0] == STEPS  # kept after the run (geodiff evaluate --epoch_num)

@@ -3,6 +3,9 @@
 The data error of a `local` month in degrees Celsius (file, variable and problem, on the
 last line of the rule's log) must be in Snakemake's output, so a user sees it without
 hunting for the log file.
+
+profiles/slurm deploys the rules' conda envs; this machine has no conda, so the runs here
+use the profile as its comment tells a site without conda to: without that line.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import pytest
 import xarray as xr
 
 from slurm_cluster import FAST_POLLING, NO_RETRIES, ClusterInfo, clean_env
-from workflow_run import SNAKEMAKE, config_variant, copy_workflow
+from workflow_run import SNAKEMAKE, config_variant, copy_workflow, snakemake
 
 MONTH = "results/test/raw/2001-01.nc"  # results/{run_name}/
 LOG = Path("results/test/logs/download/2001-01.log")
@@ -37,6 +40,24 @@ def celsius_run(tmp_path: Path) -> tuple[Path, str]:
     ds.to_netcdf(repo / "celsius.nc")
     cfg = config_variant(repo, "celsius", [("source: synthetic", "source: local\n  local: {paths: [celsius.nc]}")])
     return repo, cfg
+
+
+def without_conda(repo: Path) -> None:
+    """Delete the `software-deployment-method` line of a copy's profiles/slurm (its comment's advice)."""
+    profile = repo / "profiles/slurm/config.yaml"
+    text = profile.read_text()
+    assert "\nsoftware-deployment-method: conda\n" in text, "profiles/slurm no longer deploys conda envs"
+    profile.write_text(text.replace("\nsoftware-deployment-method: conda\n", "\n"))
+
+
+def test_slurm_profile_needs_conda_unless_switched_off(tmp_path: Path) -> None:
+    repo = copy_workflow(tmp_path)
+    args = ("-n", "--profile", "profiles/slurm", "--configfile", "config/test.yaml")
+    stock = snakemake(repo, *args, check=False)  # no conda here
+    assert stock.returncode != 0 and "Is conda installed" in stock.stdout + stock.stderr
+    without_conda(repo)
+    planned = snakemake(repo, *args)  # fails the test unless it succeeds
+    assert "rule train_deterministic:" in planned.stdout + planned.stderr
 
 
 def run_failing(repo: Path, args: list[str], env: dict[str, str], timeout: float) -> str:
@@ -64,6 +85,7 @@ def test_failed_log_in_terminal(celsius_run: tuple[Path, str], profile: list[str
 @pytest.mark.slurm
 def test_failed_log_in_terminal_on_slurm(slurm_cluster: ClusterInfo, celsius_run: tuple[Path, str]) -> None:
     repo, cfg = celsius_run
+    without_conda(repo)
     args = ["--profile", "profiles/slurm", *FAST_POLLING, *NO_RETRIES, "--configfile", cfg]
     output = run_failing(repo, args, clean_env(), timeout=300)
     assert "SLURM jobid" in output, output[-3000:]

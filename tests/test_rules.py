@@ -177,6 +177,7 @@ SAMPLES = {"sample", "sample_guided"}
         ("train.lr", 1e-4, MODELS | SAMPLES),
         ("train.device", "cuda", set()),
         ("train.checkpoint_every", 7, set()),
+        ("train.keep_checkpoints", 1, set()),
         ("data.cds.retries", 9, set()),
         ("data.cds.local_download", True, set()),
         ("data.period.end", "2001-04", set()),

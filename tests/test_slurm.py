@@ -10,10 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from ddp_worker import check_results, run_group
 from geodiff.train.distributed import expand_hostlist
-from slurm_cluster import FAST_POLLING, NO_RETRIES, ClusterInfo, clean_env
+from slurm_cluster import FAST_POLLING, NO_CONDA, NO_RETRIES, ClusterInfo, clean_env
+from test_scale_out import assert_same_model, geodiff, train_args
+from test_scale_out import run as run_logged
+from workflow_run import SNAKEMAKE, config_variant, copy_workflow, snakemake
 
 pytestmark = pytest.mark.slurm
 
@@ -142,9 +146,46 @@ def test_workflow_on_slurm(slurm_cluster: ClusterInfo, tmp_path: Path) -> None:
         "config/test.yaml",
         *FAST_POLLING,
         *NO_RETRIES,
+        *NO_CONDA,
     ]
     proc = run_group(cmd, timeout=420, env=clean_env(), cwd=work)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert "SLURM jobid" in proc.stdout, "no job went through sbatch:\n" + proc.stdout[-3000:]
     metrics = work / "results" / "test" / "metrics.csv"  # results/{run_name}/
     assert metrics.is_file() and metrics.stat().st_size > 0, proc.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_two_slurm_nodes_train_the_model_of_one_process(slurm_cluster: ClusterInfo, tmp_path: Path) -> None:
+    """Both stages of config/test.yaml trained by `snakemake --profile profiles/slurm` as one job of 4 ranks on
+    the 2 emulated nodes equal the same training in one process (tolerance: tests/test_scale_out.py)."""
+    repo = copy_workflow(tmp_path)
+    cfg = config_variant(repo, "two_nodes", [
+        ("resources: {nodes: 1, tasks: 1, gpus: 0, cpus: 2, mem_mb: 2000, runtime: 10}",
+         "resources: {nodes: 2, tasks: 4, gpus: 0, cpus: 1, mem_mb: 1000, runtime: 10}"),
+        ("deterministic_steps: 40", "deterministic_steps: 12"),
+        ("residual_steps: 40", "residual_steps: 12"),
+    ])  # fmt: skip
+    run = Path("results/test")
+    snakemake(repo, *(str(run / f"priors/{split}.h5") for split in ("train", "val")), "--cores", "2",
+              "--configfile", cfg)  # the stores on this machine (the cluster's shared file system)
+    models = [run / "models/deterministic.pt", run / "models/residual.pt"]
+    cmd = [*SNAKEMAKE, *map(str, models), "--profile", "profiles/slurm", *FAST_POLLING, *NO_RETRIES,
+           *NO_CONDA, "--configfile", cfg]
+    proc = run_group(cmd, timeout=600, env=clean_env(), cwd=repo)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert len(re.findall(r"SLURM jobid \d+", proc.stdout)) >= 2, proc.stdout[-3000:]
+    log = (repo / run / "logs/train_deterministic.log").read_text()
+    joined = re.findall(r"rank (\d)/4 \(local \d, srun, node (\w+)\)", log)
+    assert sorted(rank for rank, _ in joined) == list("0123") and {node for _, node in joined} == set(
+        slurm_cluster.nodes), log[-3000:]
+
+    work = tmp_path / "one"
+    work.mkdir()
+    for stage, model in zip(("deterministic", "residual"), models):
+        state = torch.load(repo / model, weights_only=True)
+        out = work / model.name
+        args = train_args(stage, repo / run / "priors", out, state["config"],
+                          repo / models[0] if stage == "residual" else None)
+        run_logged(geodiff(*args, "--checkpoint-every", "100", "--keep-checkpoints", "1"), work / f"{stage}.log")
+        assert_same_model(out, repo / model)

@@ -1,6 +1,8 @@
-"""The HDF5 store: layout, stats from the train split, atomic writes, the readers, the Dataset, gaps."""
+"""The HDF5 store: layout, stats from the train split, atomic writes, the readers, the Dataset, gaps,
+and the store of virtual datasets over month files."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +19,17 @@ import yaml
 from geodiff.constants import STORE_LAYOUT
 from geodiff.data.loader import StoreDataset
 from geodiff.data.lowres import make_regridder, write_lowres
-from geodiff.data.store import build_store, read_field, read_stats, store_coords, store_info
+from geodiff.data.store import (
+    SampleReader,
+    assemble_store,
+    build_month,
+    build_store,
+    read_field,
+    read_statics,
+    read_stats,
+    store_coords,
+    store_info,
+)
 from geodiff.data.synthetic import synthetic_month, synthetic_statics
 from geodiff.provenance import provenance_attrs
 
@@ -48,6 +60,17 @@ def months(tmp_path_factory):
 def build(months, out, split="train", stats_from=None):
     config, raw, low, statics = months
     build_store(str(out), raw, low, statics, config["splits"][split], PRIORS, "bicubic", 4, ATTRS, stats_from)
+
+
+def build_months(months, folder, split="train", which=(0, 1), prior_names=PRIORS):
+    """The month files of a split (January, February), as the priors_month jobs write them: their paths."""
+    config, raw, low, statics = months
+    paths = []
+    for i in which:
+        path = str(folder / split / f"2001-{i + 1:02d}.h5")
+        build_month(path, raw[i], low[i], statics, config["splits"][split], prior_names, "bicubic", 4, ATTRS)
+        paths.append(path)
+    return paths
 
 
 def test_layout_and_stats(months, tmp_path):
@@ -236,3 +259,127 @@ def test_dataset_masks_missing_truth_and_fills_it_with_the_input(gappy):
         for k, i, j in missing.get(t, ()):
             if (t, k, i, j) in T_GAPS:
                 np.testing.assert_allclose(hr_kelvin[k, i, j], lr_up[t, k, i, j], rtol=1e-6)
+
+
+# --- a split's store as virtual datasets over its month files ---------------------------------
+
+SAMPLES = ["hr/t", "hr/z", "lr/t", "lr_up/t", "interp/bicubic", "interp/bilinear", *(f"priors/{p}" for p in PRIORS)]
+STATS = ["t", *PRIORS, "orography", "lsm"]
+
+
+@pytest.fixture(scope="module")
+def split_stores(months, tmp_path_factory):
+    """The train and val stores of the two months, once over month files and once as single files:
+    (folder of the month-file stores, folder of the single files)."""
+    monthly, single = tmp_path_factory.mktemp("monthly"), tmp_path_factory.mktemp("single")
+    assemble_store(str(monthly / "train.h5"), build_months(months, monthly), ATTRS)
+    assemble_store(str(monthly / "val.h5"), build_months(months, monthly, "val", which=(1,)), ATTRS,
+                   stats_from=str(monthly / "train.h5"))
+    build(months, single / "train.h5")
+    build(months, single / "val.h5", "val", stats_from=str(single / "train.h5"))
+    return monthly, single
+
+
+def test_the_store_over_month_files_reads_as_the_single_file_store(split_stores):
+    """Every reader gives the same numbers (array-equal) from both, statistics included (one job's
+    running sums are the months' sums merged in the same order); the samples stay in the month files."""
+    monthly, single = split_stores
+    for split in ["train", "val"]:
+        a, b = str(monthly / f"{split}.h5"), str(single / f"{split}.h5")
+        info_a, info_b = store_info(a), store_info(b)
+        np.testing.assert_array_equal(info_a.pop("levels"), info_b.pop("levels"))
+        assert info_a == info_b and info_a["n_samples"] == {"train": 92, "val": 26}[split]
+        for name in SAMPLES:
+            field = read_field(a, name)
+            xr.testing.assert_identical(field, read_field(b, name))
+        for name, (mean, std) in read_stats(a, STATS).items():
+            np.testing.assert_array_equal(mean, read_stats(b, [name])[name][0])
+            np.testing.assert_array_equal(std, read_stats(b, [name])[name][1])
+        for name, x in read_statics(a, ["orography", "lsm"]).items():
+            np.testing.assert_array_equal(x, read_statics(b, [name])[name])
+        for name, coord in store_coords(a).items():
+            xr.testing.assert_identical(coord, store_coords(b)[name])
+        reader_a, reader_b, n = SampleReader(a), SampleReader(b), info_a["n_samples"]
+        for i in [0, n // 2, n - 1]:  # train: January, February, the last
+            np.testing.assert_array_equal(reader_a.read("priors/theta", i, (slice(2, 9), slice(0, 5))),
+                                          reader_b.read("priors/theta", i, (slice(2, 9), slice(0, 5))))
+        items_a, items_b = StoreDataset(a, PRIORS)[n - 2], StoreDataset(b, PRIORS)[n - 2]
+        assert all(torch.equal(items_a[k], items_b[k]) for k in items_b)
+        with h5py.File(a) as f:
+            assert f["hr/t"].is_virtual and f.attrs["store_layout"] == STORE_LAYOUT and f.attrs["config_hash"] == "hash"
+            assert f["stats"].attrs["from"] == {"train": "train split", "val": "train.h5"}[split]
+        assert os.path.getsize(a) < os.path.getsize(b) / 10  # the samples stay in the month files
+    with xr.open_dataset(monthly / "train.h5", group="lr", engine="h5netcdf", decode_times=False) as lr:
+        assert lr["t"].dims == ("time", "level", "lat_coarse", "lon_coarse")  # dimension scales on virtual datasets
+
+
+def test_merged_stats_equal_brute_force_over_all_months(split_stores):
+    """The train stats from the merged month sums, against float64 numpy over the months' samples
+    concatenated (read from the month files themselves): equal to float32 rounding."""
+    monthly, _ = split_stores
+    files = [h5py.File(monthly / f"train/2001-{m:02d}.h5") for m in (1, 2)]
+    stats = read_stats(monthly / "train.h5", ["t", *PRIORS])
+    for name, dataset in [("t", "hr/t"), *((p, f"priors/{p}") for p in PRIORS)]:
+        x = np.concatenate([f[dataset][:] for f in files]).astype(np.float64)
+        assert len(x) == 92
+        np.testing.assert_allclose(stats[name][0], x.mean(axis=(0, 2, 3)), rtol=2**-23, atol=0)
+        np.testing.assert_allclose(stats[name][1], x.std(axis=(0, 2, 3)), rtol=2**-23, atol=0)
+    for f in files:
+        f.close()
+
+
+def test_the_store_moves_with_its_month_files(months, tmp_path, monkeypatch):
+    """Month files are named relative to the store: the folder moves as a whole, and reads work
+    from any working directory, by absolute or relative path."""
+    store = tmp_path / "run/priors/train.h5"
+    assemble_store(str(store), build_months(months, tmp_path / "run/priors"), ATTRS)
+    expected = read_field(store, "hr/t")
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "moved/priors/train")
+    xr.testing.assert_identical(read_field(tmp_path / "moved/priors/train.h5", "hr/t"), expected)
+    monkeypatch.chdir(tmp_path)
+    xr.testing.assert_identical(read_field("moved/priors/train.h5", "hr/t"), expected)
+    assert StoreDataset("moved/priors/train.h5", PRIORS)[91]["hr"].shape == (1, 5, 16, 16)
+
+
+def test_a_missing_month_file_is_named(months, tmp_path):
+    paths = build_months(months, tmp_path)
+    store = tmp_path / "train.h5"
+    with pytest.raises(FileNotFoundError, match="train/2001-03.h5: no such month file"):
+        assemble_store(str(store), [*paths, str(tmp_path / "train/2001-03.h5")], ATTRS)
+    assert not store.exists() and not list(tmp_path.glob(".train.h5*"))  # nothing half-written
+    assemble_store(str(store), paths, ATTRS)
+    os.remove(paths[1])
+    for read in [store_info, lambda path: read_field(path, "hr/t"), lambda path: StoreDataset(path, PRIORS)]:
+        with pytest.raises(FileNotFoundError, match=r"train.h5: its month file\(s\) \[.*train/2001-02.h5'\] are missing"):
+            read(store)
+
+
+def test_a_month_unlike_the_others_is_named(months, tmp_path):
+    """A month with other priors, other levels or another grid, or months out of order, stop the store."""
+    config, raw, low, statics = months
+    january, february = build_months(months, tmp_path)
+    other_priors = build_months(months, tmp_path / "other_priors", which=(1,), prior_names=PRIORS[:2])[0]
+    higher = {**config, "levels": [1000, 850, 700, 500, 250]}
+    synthetic_month(higher, 2001, 2).to_netcdf(tmp_path / "raw_250.nc")
+    weights = {m: str(Path(raw[0]).parent / f"w_{m}.nc") for m in ("conservative", "bicubic", "bilinear")}
+    write_lowres(str(tmp_path / "raw_250.nc"), weights, str(tmp_path / "low_250.nc"), ATTRS)
+    other_levels = str(tmp_path / "other_levels/2001-02.h5")
+    build_month(other_levels, str(tmp_path / "raw_250.nc"), str(tmp_path / "low_250.nc"), statics,
+                config["splits"]["train"], PRIORS, "bicubic", 4, ATTRS)
+    other_grid = str(tmp_path / "other_grid/2001-02.h5")
+    Path(other_grid).parent.mkdir()
+    shutil.copy(february, other_grid)
+    with h5py.File(other_grid, "r+") as f:
+        f["lon"][:] = f["lon"][:] + 0.25
+    cases = [
+        ([january, other_priors], r"other_priors/train/2001-02.h5: differs from .*2001-01.h5 in its sample datasets: "
+                                       r"priors/static_stability absent against \(5, 16, 16\)$"),
+        ([january, other_levels], r"other_levels/2001-02.h5: differs from .*2001-01.h5 in level: \[1000. .* 250.\]"),
+        ([january, other_grid], r"other_grid/2001-02.h5: differs from .*2001-01.h5 in lon"),
+        ([february, january], r"train/2001-01.h5: its first time is not after the last one of .*train/2001-02.h5"),
+    ]
+    for paths, message in cases:
+        with pytest.raises(ValueError, match=message):
+            assemble_store(str(tmp_path / "train.h5"), paths, ATTRS)
+        assert not (tmp_path / "train.h5").exists()

@@ -25,8 +25,10 @@ from geodiff.cli import main as cli_main
 from geodiff.data.loader import StoreDataset
 from geodiff.evaluate.sampling import ensemble_prediction
 from geodiff.model.networks import DeterministicModel, ResidualModel, load_model
+from geodiff.train.checkpoints import checkpoints
 from geodiff.train.config import RunSettings, TrainConfig
-from geodiff.train.loop import VALIDATION_SIGMAS, TrainingDiverged, train, validate
+from geodiff.train.loop import TrainingDiverged, train
+from geodiff.train.validation import VALIDATION_SIGMAS, validate
 from test_store import PRIORS, build, months  # noqa: F401 (months: the module fixture build() reads)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +77,8 @@ def test_trained_unet_beats_bicubic(stores, unet):
     _, d = stores
     path, val, cfg = unet
     assert val["rmse_K"] < 0.8 * bicubic_rmse(d / "val.h5")
-    assert not path.with_name(path.name + ".ckpt").exists()  # the resumable checkpoint is cleaned up
+    kept = checkpoints(path.with_name(path.name + ".ckpt"))  # kept after the run, for geodiff evaluate --epoch_num
+    assert cfg["train"]["checkpoint_every"] == 20 and [step for step, _, _ in kept] == [260, 280, 300]  # newest 3
     assert load_model(str(path)).prior_names == ["theta", "lapse_rate", "static_stability"]
     state = load_checkpoint(path)
     assert state["geodiff_version"] == __version__
@@ -191,7 +194,7 @@ def train_until_checkpoint(d: Path, out: Path, config: dict, train_store: Path |
     and the process's log."""
     expected = TrainConfig.from_config(config, "deterministic").hash
     log = out.parent / f"train-{expected}-{time.monotonic_ns()}.log"
-    ckpt = Path(f"{out}.ckpt")
+    ckpt_dir = Path(f"{out}.ckpt")
     cmd = [sys.executable, "-m", "geodiff", "train", "--stage", "deterministic", "--train",
            str(train_store or d / "train.h5"), "--val", str(d / "val.h5"), "--out", str(out),
            "--logdir", str(out.parent / "tb"), "--config-json", json.dumps(config), "--device", "cpu",
@@ -202,8 +205,9 @@ def train_until_checkpoint(d: Path, out: Path, config: dict, train_store: Path |
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if ckpt.exists() and ckpt.stat().st_mtime > started:  # written by this process
-                state = load_checkpoint(ckpt)
+            newest = checkpoints(ckpt_dir)[-1][2] if ckpt_dir.is_dir() and checkpoints(ckpt_dir) else None
+            if newest is not None and newest.stat().st_mtime > started:  # written by this process
+                state = load_checkpoint(newest)
                 if state.get("config_hash") == expected:
                     return state, log.read_text()
             assert proc.poll() is None, f"training exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
@@ -226,7 +230,7 @@ def test_a_killed_training_resumes_only_with_the_same_settings(stores, tmp_path)
     new_lr = with_train(first, lr=first["train"]["lr"] / 4)
     state_b, log_b = train_until_checkpoint(d, out, new_lr)
     stale_a = Path(f"{out}.ckpt.stale-{state_a['config_hash']}")
-    assert stale_a.exists() and load_checkpoint(stale_a)["step"] >= state_a["step"]  # kept, not deleted
+    assert stale_a.is_dir() and checkpoints(stale_a)[-1][0] >= state_a["step"]  # kept, not deleted
     assert "starts from step 0" in log_b and "resumed" not in log_b
     group = state_b["optimizer"]["param_groups"][0]
     assert group["initial_lr"] == new_lr["train"]["lr"]
@@ -260,13 +264,15 @@ def test_a_killed_training_does_not_resume_on_other_data(stores, tmp_path):
 
 
 def test_run_settings_come_from_the_command_line_first():
-    config = {"train": {"device": "cuda", "checkpoint_every": 20}}
-    assert RunSettings.resolve(config) == RunSettings("cuda", 20)
-    assert RunSettings.resolve(config, "cpu", 5) == RunSettings("cpu", 5)
+    config = {"train": {"device": "cuda", "checkpoint_every": 20, "keep_checkpoints": 3}}
+    assert RunSettings.resolve(config) == RunSettings("cuda", 20, 3)
+    assert RunSettings.resolve(config, "cpu", 5, 1) == RunSettings("cpu", 5, 1)
     with pytest.raises(KeyError, match="'train.device' is missing"):  # the schema holds the default, no copy here
-        RunSettings.resolve({"train": {}}, checkpoint_every=5)
+        RunSettings.resolve({"train": {}}, checkpoint_every=5, keep_checkpoints=1)
     with pytest.raises(KeyError, match="'train.checkpoint_every' is missing"):
-        RunSettings.resolve({"train": {}}, "cpu")
+        RunSettings.resolve({"train": {}}, "cpu", keep_checkpoints=1)
+    with pytest.raises(KeyError, match="'train.keep_checkpoints' is missing"):
+        RunSettings.resolve({"train": {}}, "cpu", 5)
 
 
 def test_a_missing_config_key_is_named(stores):

@@ -29,8 +29,8 @@ def stage_of(name) -> str:
         return "statics" if stem == "statics" else "data"
     if folder == "regrid":
         return "regrid_weights" if stem.startswith("weights_") else "regrid"
-    if folder == "priors":
-        return f"store_{stem}"
+    if folder == "priors":  # a split's store, priors/{split}.h5, or one of its months, priors/{split}/{year}-{month}.h5
+        return f"store_{name.parts[1] if len(name.parts) > 2 else stem}"
     if folder == "baselines":
         split, baseline = stem.split("_", 1)
         return f"store_{split}" if baseline in ("bicubic", "bilinear") else baseline
@@ -224,7 +224,7 @@ def test_nothing_left_to_do_and_evaluation_only_reruns(run):
     plan = snakemake(run, f"{RUN}/metrics.csv", "-n", "--configfile", "config/eval_changed.yaml")
     out = plan.stdout + plan.stderr
     assert "sample" in out and "metrics" in out
-    for upstream in ["train_deterministic", "train_residual", "priors", "download", "regrid"]:
+    for upstream in ["train_deterministic", "train_residual", "priors", "priors_month", "download", "regrid"]:
         assert f"rule {upstream}:" not in out, upstream
 
 
@@ -260,7 +260,7 @@ def test_resolved_config_and_every_artifact_record_their_provenance(run):
               "deterministic", "residual", "ablation_no_priors", "sample", "sample_guided"}
     assert set(hashes) == stages and len(set(hashes.values())) == len(stages)
     artifacts = sorted((run / RUN).rglob("*.nc")) + sorted((run / RUN).rglob("*.h5"))
-    assert len(artifacts) == 22  # 4 raw, 3 weights, 3 regrid, 3 stores, 5 baselines, 4 ensembles
+    assert len(artifacts) == 26  # 4 raw, 3 weights, 3 regrid, 4 store months, 3 stores, 5 baselines, 4 ensembles
     for path in artifacts:
         with h5py.File(path, "r") as f:  # NetCDF-4 is HDF5: one reader for both
             attrs = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in f.attrs.items()}
@@ -333,7 +333,7 @@ def test_a_month_more_downloads_and_regrids_that_month_only(run):
 def test_moving_the_test_split_rebuilds_its_store_only(run):
     planned = planned_after(run, "test_split", [('end: "2001-03-10"', 'end: "2001-03-12"')])
     assert planned == sorted([*EVALUATION, "baselines/test_bicubic.nc", "baselines/test_bilinear.nc",
-                              "priors/test.h5", *SAMPLES])
+                              "priors/test.h5", "priors/test/2001-03.h5", *SAMPLES])
 
 
 def test_another_run_plans_only_in_its_own_folder(run):

@@ -2,7 +2,9 @@
 
     geodiff train --stage deterministic|residual --train priors/train.h5 --val priors/val.h5 --out model.pt --config-json '{...}' [--device cpu] [--checkpoint-every 250]
     geodiff sample --store priors/test.h5 --deterministic d.pt --residual r.pt --out ensemble.nc --members 8 [--sampler scaled|edm]
-    geodiff evaluate --store priors/test.h5 --model-path models/ --ensemble e.nc --baselines b1.nc b2.nc --out results/default/
+    geodiff evaluate --store priors/test.h5 --ensemble e.nc --baselines b1.nc b2.nc --out results/default/
+    geodiff train ... --nodes 2 --nr 0 --gpus 4 --master-addr node0   (manual multi-node launch; --nr 1 on node 1)
+    geodiff evaluate --model_path results/default/models --epoch_num 3   (scores of epoch 3's checkpoints)
 """
 
 from __future__ import annotations
@@ -27,10 +29,17 @@ def _config(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from functools import partial
+
+    from geodiff.train.distributed import launch_node
     from geodiff.train.loop import train
 
-    train(args.stage, args.train, args.val, args.out, args.logdir, _config(args), args.deterministic,
-          device=args.device, checkpoint_every=args.checkpoint_every)
+    run = partial(train, args.stage, args.train, args.val, args.out, args.logdir, _config(args), args.deterministic,
+                  device=args.device, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints)
+    if args.nodes is None:
+        run()
+    else:
+        launch_node(run, args.nodes, args.nr, args.gpus, args.master_addr, args.master_port)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -61,11 +70,33 @@ def _positive(text: str) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    if args.model_path is not None:
+        return score_checkpoints(args)
+    if args.store is None or args.ensemble is None or args.baselines is None:
+        raise SystemExit("geodiff evaluate: the tables need --store, --ensemble and --baselines "
+                         "(or score a checkpoint with --model_path DIR --epoch_num E)")
     from geodiff.evaluate.tables import write_tables
 
     out = Path(args.out)
     write_tables(args.store, args.ensemble, args.baselines, str(out / "metrics.csv"), str(out / "metrics_by_level.csv"),
                  str(out / "summary.md"), str(out / "figures"))
+
+
+def score_checkpoints(args: argparse.Namespace) -> None:
+    """``--model_path DIR --epoch_num E``: print the scores of epoch E's checkpoints (the seed's command line)."""
+    from geodiff.train.checkpoints import score_epoch
+
+    if args.epoch_num is None:
+        raise SystemExit("geodiff evaluate --model_path needs --epoch_num E (the epoch whose checkpoint to score)")
+    model_dir = Path(args.model_path)
+    store = Path(args.store) if args.store else model_dir.parent / "priors" / "test.h5"
+    if not store.is_file():
+        raise SystemExit(f"geodiff evaluate: no store {store}; pass the split to score with --store")
+    scores = score_epoch(model_dir, args.epoch_num, store, args.device)
+    for stage, row in scores.items():
+        log.info("%s, epoch %d (step %d, %s) on %s: %s", stage, row["epoch"], row["step"], row["checkpoint"], store,
+                 {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
+    print(json.dumps(scores, indent=1))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -86,6 +117,15 @@ def parser() -> argparse.ArgumentParser:
                    help="where to train; required unless the config has train.device (a resolved config does)")
     t.add_argument("--checkpoint-every", type=_positive, metavar="N",
                    help="steps between resumable checkpoints; required unless the config has train.checkpoint_every")
+    t.add_argument("--keep-checkpoints", type=_positive, metavar="K",
+                   help="newest checkpoints kept; required unless the config has train.keep_checkpoints")
+    node = t.add_argument_group("manual multi-node launch (the seed's command line; torchrun/srun need none of it)")
+    node.add_argument("--nodes", "-n", type=_positive, metavar="N", help="nodes taking part; start this command on each")
+    node.add_argument("--nr", type=int, default=0, metavar="R", help="this node's number, 0 to N-1 (default 0)")
+    node.add_argument("--gpus", "-g", type=_positive, default=1, metavar="G",
+                      help="processes on this node: one per GPU (on CPU, ranks of gloo); default 1")
+    node.add_argument("--master-addr", help="node 0's address (default MASTER_ADDR; needed with --nodes > 1)")
+    node.add_argument("--master-port", type=_positive, help="rendezvous port (default MASTER_PORT, else 29500)")
     cfg = t.add_mutually_exclusive_group(required=True)
     cfg.add_argument("--config", help="resolved config YAML (every key present, e.g. the run's config.resolved.yaml)")
     cfg.add_argument("--config-json", help="resolved config as a JSON string")
@@ -108,11 +148,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance-steps", type=_positive, default=4, metavar="K", help="guide the last K sampler steps")
     s.set_defaults(func=cmd_sample)
 
-    e = sub.add_parser("evaluate", help="metric tables and figures")
-    e.add_argument("--store", required=True)
-    e.add_argument("--ensemble", nargs="+", required=True, help="ensemble files; the figures show the first")
-    e.add_argument("--baselines", nargs="+", required=True)
+    e = sub.add_parser("evaluate", help="metric tables and figures, or the scores of a training checkpoint")
+    e.add_argument("--store", help="split store (.h5); with --model_path default <DIR>/../priors/test.h5")
+    e.add_argument("--ensemble", nargs="+", help="ensemble files; the figures show the first")
+    e.add_argument("--baselines", nargs="+")
     e.add_argument("--out", default="results")
+    e.add_argument("--model_path", "--model-path", dest="model_path", metavar="DIR",
+                   help="a run's models folder: score its training checkpoints of --epoch_num instead")
+    e.add_argument("--epoch_num", "--epoch", dest="epoch_num", type=_positive, metavar="E",
+                   help="epoch (from 1) whose newest checkpoint is scored")
+    e.add_argument("--device", default="cpu")
     e.set_defaults(func=cmd_evaluate)
     return p
 

@@ -34,7 +34,8 @@ CF_ATTRS = {
 HPA_TO_PA = 100.0
 """Pascal per hectopascal."""
 
-STORE_LAYOUT = 2
+STORE_LAYOUT = 3
 """Version of the HDF5 store's layout (geodiff.data.store; 2: the coarse input `lr/t` and its
-coordinates added). Part of the store stage's config hash, so a store of an older layout is
-rebuilt, and a global attribute of the store."""
+coordinates added; 3: a split's store is virtual datasets over one file per month). Part of the
+store stage's config hash, so a store of an older layout is rebuilt, and a global attribute of
+the store."""

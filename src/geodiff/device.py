@@ -32,3 +32,8 @@ def bf16_autocast(device: str, requested: bool = True) -> torch.autocast:
     native = kind == "cuda" or (kind == "cpu" and torch.backends.mkldnn.is_available()
                                 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return torch.autocast(kind, dtype=torch.bfloat16, enabled=requested and native)
+
+
+def batch_to(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a batch on `device`."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -111,12 +111,12 @@ def get_store_hash(wildcards):
 
 
 def get_priors_input(wildcards):
-    """Raw and regridded months of a split, statics, and train stats for val/test."""
-    months = get_split_months(wildcards)
+    """The month files of a split's store, in time order, and the train store (its stats) for val/test."""
     inputs = {
-        "raw": [results(f"raw/{m}.nc") for m in months],
-        "regrid": [results(f"regrid/{m}.nc") for m in months],
-        "statics": results("raw/statics.nc"),
+        "months": [
+            results(f"priors/{wildcards.split}/{m}.h5")
+            for m in get_split_months(wildcards)
+        ]
     }
     if wildcards.split != "train":
         inputs["stats_from"] = results("priors/train.h5")
@@ -205,6 +205,16 @@ def train_resources(key):
     return config["train"]["resources"][key]
 
 
+def get_train_tasks_per_node():
+    """Ranks on each node of a training job (sbatch --ntasks-per-node): train.resources.tasks over nodes."""
+    tasks, nodes = train_resources("tasks"), train_resources("nodes")
+    if tasks % nodes:
+        raise ValueError(
+            f"train.resources: tasks ({tasks}, the ranks of all nodes) must be a multiple of nodes ({nodes})"
+        )
+    return tasks // nodes
+
+
 def get_train_mpi():
     """The rank launcher of multi-task training jobs ("" for one task: not an MPI job)."""
     return config["train"]["launcher"] if train_resources("tasks") > 1 else ""
@@ -216,15 +226,36 @@ def get_train_launch():
     return f"{mpi} -n {train_resources('tasks')}" if mpi else ""
 
 
+def train_gpus_per_node():
+    """GPUs on each node of a training job: train.resources.gpus, at least one with device cuda, none on cpu."""
+    device, gpus = config["train"]["device"], train_resources("gpus")
+    if device == "cpu":
+        return 0
+    return max(gpus, 1) if device == "cuda" else gpus
+
+
 def uses_gpu():
-    """Whether jobs that run a model get a GPU: device cuda, or auto with GPUs for training."""
-    device = config["train"]["device"]
-    return device == "cuda" or (device == "auto" and train_resources("gpus") > 0)
+    """Whether the jobs that run a model get GPUs: device cuda, or auto with train.resources.gpus > 0."""
+    return train_gpus_per_node() > 0
+
+
+def get_train_gpus():
+    """GPUs of a whole training job: nodes x GPUs per node (the SLURM plugin's `gpu`, sbatch --gpus)."""
+    return train_resources("nodes") * train_gpus_per_node()
 
 
 def evaluate_gpus():
     """GPUs of a job that runs a trained model (sample, baselines): one when a GPU is used."""
     return 1 if uses_gpu() else 0
+
+
+def model_device(gpus):
+    """--device of a job that runs a model with `gpus` GPUs: cuda with GPUs; without, cpu in a run that
+    uses GPUs (an interpolation baseline), else train.device (cpu, or auto on one machine).
+    """
+    if gpus > 0:
+        return "cuda"
+    return "cpu" if uses_gpu() else config["train"]["device"]
 
 
 def get_baseline_hash(wildcards):
@@ -237,6 +268,11 @@ def get_baseline_hash(wildcards):
 def get_baseline_gpus(wildcards):
     """GPUs of a baseline job: none for an interpolation."""
     return 0 if wildcards.baseline in UPSAMPLERS else evaluate_gpus()
+
+
+def get_baseline_device(wildcards):
+    """--device of a baseline job: cuda when it asks for a GPU (see model_device)."""
+    return model_device(get_baseline_gpus(wildcards))
 
 
 def heavy_mem_mb(wildcards, attempt):

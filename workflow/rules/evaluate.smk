@@ -17,13 +17,13 @@ rule sample:
     wildcard_constraints:
         ensemble="ensemble|ensemble_guided",
     conda:
-        "../../envs/evaluate.yaml"
+        "../../envs/train-cuda.yaml" if uses_gpu() else "../../envs/train.yaml"
     threads: train_resources("cpus")
     resources:
         mem_mb=8000,
         runtime=60,
         gpu=evaluate_gpus(),
-        device=config["train"]["device"],
+        device=model_device(evaluate_gpus()),
     params:
         members=config["evaluate"]["ensemble_size"],
         sampler=config["evaluate"]["sampler"],
@@ -78,13 +78,13 @@ rule baselines:
             ]
         ),
     conda:
-        "../../envs/evaluate.yaml"
+        "../../envs/train-cuda.yaml" if uses_gpu() else "../../envs/train.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
         gpu=get_baseline_gpus,
-        device=config["train"]["device"],
+        device=get_baseline_device,
     params:
         config_hash=get_baseline_hash,
         run_name=config["run_name"],

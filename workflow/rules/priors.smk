@@ -1,15 +1,18 @@
-# Vertical physics priors and the HDF5 store read by training and evaluation.
+# Vertical physics priors and the HDF5 store read by training and evaluation: one job per month
+# of a split, then the split's store as virtual datasets over its months.
 
 
-rule priors:
+rule priors_month:
     input:
-        unpack(get_priors_input),
+        raw=results("raw/{year}-{month}.nc"),
+        regrid=results("regrid/{year}-{month}.nc"),
+        statics=results("raw/statics.nc"),
     output:
-        results("priors/{split}.h5"),
+        results("priors/{split}/{year}-{month}.h5"),
     log:
-        logs("priors/{split}"),
+        logs("priors/{split}/{year}-{month}"),
     benchmark:
-        benchmarks("priors/{split}")
+        benchmarks("priors/{split}/{year}-{month}")
     conda:
         "../../envs/priors.yaml"
     threads: 1
@@ -25,3 +28,25 @@ rule priors:
         run_name=config["run_name"],
     script:
         "../../scripts/priors.py"
+
+
+rule priors:
+    input:
+        unpack(get_priors_input),
+    output:
+        results("priors/{split}.h5"),
+    log:
+        logs("priors/{split}"),
+    benchmark:
+        benchmarks("priors/{split}")
+    conda:
+        "../../envs/priors.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        config_hash=get_store_hash,
+        run_name=config["run_name"],
+    script:
+        "../../scripts/store.py"

@@ -16,18 +16,21 @@ rule train_deterministic:
     benchmark:
         benchmarks("train_deterministic")
     conda:
-        "../../envs/train.yaml"
+        "../../envs/train-cuda.yaml" if uses_gpu() else "../../envs/train.yaml"
     threads: train_resources("cpus")
     resources:
-        nodes=train_resources("nodes"),
-        tasks=train_resources("tasks"),
-        gpu=train_resources("gpus"),
-        mem_mb=train_resources("mem_mb"),
-        runtime=train_resources("runtime"),
+        # train.resources as snakemake-executor-plugin-slurm's sbatch options
+        nodes=train_resources("nodes"),  # --nodes
+        tasks_per_node=get_train_tasks_per_node(),  # --ntasks-per-node (MPI jobs)
+        gpu=get_train_gpus(),  # --gpus: nodes x GPUs per node
+        cpus_per_task=train_resources("cpus"),  # --cpus-per-task
+        mem_mb=train_resources("mem_mb"),  # --mem, per node
+        runtime=train_resources("runtime"),  # --time, minutes
         mpi=get_train_mpi(),
         launch=get_train_launch(),
-        device=config["train"]["device"],
+        device=model_device(get_train_gpus()),
         checkpoint_every=config["train"]["checkpoint_every"],
+        keep_checkpoints=config["train"]["keep_checkpoints"],
     params:
         stage="deterministic",
         config=train_params("deterministic"),
@@ -36,7 +39,8 @@ rule train_deterministic:
     shell:
         "{resources.launch} python -m geodiff train --stage {params.stage} --train {input.train:q} --val {input.val:q}"
         " {params.deterministic} --out {output:q} --logdir {params.logdir:q} --config-json {params.config:q}"
-        " --device {resources.device} --checkpoint-every {resources.checkpoint_every} > {log:q} 2>&1"
+        " --device {resources.device} --checkpoint-every {resources.checkpoint_every}"
+        " --keep-checkpoints {resources.keep_checkpoints} > {log:q} 2>&1"
 
 
 use rule train_deterministic as train_residual with:

@@ -15,7 +15,13 @@ class StoreDataset(Dataset):
 
     Each item: `lr_up` [1, L, H, W] and `hr` [1, L, H, W] (normalised with the `t` stats),
     `hr_mask` [1, L, H, W], `priors` [P, L, H, W] (each with its own stats), `static`
-    [S, H, W], `index`, and `z` [L, H, W] (m2 s-2, physical) when the store has it.
+    [S, H, W], `index`, `seed` and `z` [L, H, W] (m2 s-2, physical) when the store has it.
+
+    An item is read by its index, or by ``(index, epoch)`` as the training sampler
+    (:class:`geodiff.train.sampler.EpochSampler`) asks for it; a bare index is epoch 0.
+    ``seed`` is :func:`sample_seed` of (`seed`, epoch, index): the crop window is drawn
+    from it, and the diffusion training draws the sample's noise from it, so a sample's
+    random numbers are the same whichever rank, worker or resumed run reads it.
 
     Missing truth (NaN in `hr/t`, or in `hr/z` when present, kept by the store): `hr_mask`
     is 1 where the truth is present and 0 where it is missing; there `hr` holds the
@@ -25,7 +31,7 @@ class StoreDataset(Dataset):
     hold their own handle.
     """
 
-    def __init__(self, path: str, prior_names: list[str] | None = None, crop: int | None = None):
+    def __init__(self, path: str, prior_names: list[str] | None = None, crop: int | None = None, seed: int = 0):
         info = store_info(path)
         self.path = path
         self.prior_names = info["priors"] if prior_names is None else list(prior_names)
@@ -36,6 +42,7 @@ class StoreDataset(Dataset):
         self.hw = info["shape"][1:]
         self.has_z = info["has_z"]
         self.crop = crop
+        self.seed = seed
         stats = read_stats(path, ["t", *self.prior_names, *STATICS])
         self.t_mean, self.t_std = (s[:, None, None] for s in stats["t"])
         self.prior_stats = [tuple(s[:, None, None] for s in stats[n]) for n in self.prior_names]
@@ -46,8 +53,10 @@ class StoreDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        window = self._window()
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
+        seed = sample_seed(self.seed, epoch, i)
+        window = self._window(seed)
         read = self._reader.read
         hr, lr_up = read("hr/t", i, window), read("lr_up/t", i, window)
         valid = np.isfinite(hr)
@@ -63,13 +72,19 @@ class StoreDataset(Dataset):
             "priors": torch.from_numpy(np.stack(priors).astype(np.float32)) if priors else torch.zeros(0),
             "static": torch.from_numpy(self.static[(slice(None), *window)].copy()),
             "index": torch.tensor(i),
+            "seed": torch.tensor(seed),
         }
         if self.has_z:
             item["z"] = torch.from_numpy(np.where(np.isfinite(z), z, 0.0).astype(np.float32))
         return item
 
-    def _window(self) -> Window:
+    def _window(self, seed: int) -> Window:
         if self.crop is None or self.crop >= min(self.hw):
             return FULL
-        y, x = (int(torch.randint(0, n - self.crop + 1, ())) for n in self.hw)  # torch seeds each worker apart
+        y, x = np.random.default_rng(seed).integers(0, [n - self.crop + 1 for n in self.hw])
         return slice(y, y + self.crop), slice(x, x + self.crop)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A seed (63 bits, fits int64) for the random draws of sample `index` in `epoch` of a run seeded `seed`."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))

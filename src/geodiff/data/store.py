@@ -1,7 +1,17 @@
 """The HDF5 store of one split: what training and evaluation read (DESIGN.md section 3).
 
-This module both writes the store (:func:`build_store`) and reads it (every other
-module goes through the readers below, never through ``h5py`` directly).
+This module both writes the store and reads it (every other module goes through the
+readers below, never through ``h5py`` directly). The workflow writes a split's store in
+two steps, so that no job grows with the length of the period: one job per month
+(:func:`build_month`) writes that month's samples and the sums of its statistics to
+`priors/{split}/{year}-{month}.h5`, then :func:`assemble_store` writes the small store
+`priors/{split}.h5` whose sample datasets are HDF5 virtual datasets over the month files
+(in time order, named relative to the store's folder, so the results folder can move as a
+whole) and whose statistics are the months' sums merged (exactly: :class:`RunningStats`).
+:func:`build_store` writes the same store as one file in one job (a few months, by hand).
+The readers read both forms alike; a store whose month files are gone is refused, naming
+them (HDF5 would read its fill value instead). A reader keeps one month file open per month
+it has read (the open-file limit, ``ulimit -n``, must exceed the number of months).
 
 Layout: `hr/t`, `hr/z`, `interp/<method>` (the coarse field interpolated back, one per
 method), `lr_up/t` (a hard link to the model's input method) and `priors/<name>` shaped
@@ -9,11 +19,12 @@ method), `lr_up/t` (a hard link to the model's input method) and `priors/<name>`
 grid: what a conservation constraint holds a prediction to), `static/<name>` [H, W],
 coordinates `time` (seconds since 1970-01-01), `level` (hPa), `lat`, `lon`, `lat_coarse`,
 `lon_coarse`, and `stats/<var>/{mean,std}` shaped [L] (for `t` and each
-prior) or [1] (statics), always from the train split. One sample per chunk, gzip level 1 after the
+prior) or [1] (statics), always from the train split; a month file has
+`sums/<var>/{n,total,total_sq}` (:meth:`RunningStats.save`) in their place. One sample per chunk, gzip level 1 after the
 byte shuffle (two thirds of the size on the synthetic atmosphere; the loader still serves ~100x what training consumes,
 `benchmarks/loader.py`); coordinates are HDF5 dimension scales, so netCDF readers see named dims. Global
 attributes: `geodiff_version`, `config_hash`, `upsample`, `n_samples`, `scale_factor`,
-`period`, `store_layout`. The file is written under a temporary name and renamed when complete
+`period`, `store_layout`. Every file is written under a temporary name and renamed when complete
 (:func:`geodiff.atomic.atomic_write`).
 
 Missing values (config ``data.allow_nans``): the truth `hr/t` (and `hr/z`) keeps its
@@ -28,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
@@ -46,6 +58,15 @@ log = logging.getLogger(__name__)
 HDF5_DIMENSION_ATTRS = ("DIMENSION_LIST", "REFERENCE_LIST", "CLASS", "NAME")
 """Attributes HDF5 dimension scales put on datasets: bookkeeping, not metadata to carry on."""
 
+COORDINATES = (LEVEL, LAT, LON, f"{LAT}_coarse", f"{LON}_coarse")
+"""Coordinates other than time: the same in every month of a store."""
+SAMPLE_GROUPS = ("hr", "lr", "interp", "priors")
+"""Groups of the [N, ...] sample datasets (`lr_up` is a link into `interp`)."""
+MONTH_ATTRS = ("store_layout", "upsample", "scale_factor", "period")
+"""Global attributes that every month file of a store shares."""
+TIME_ATTRS = {"units": "seconds since 1970-01-01 00:00:00", "standard_name": "time", "calendar": "proleptic_gregorian"}
+"""Attributes of the `time` coordinate."""
+
 Window = tuple[slice, slice]
 """A (lat, lon) window of the fine grid."""
 FULL: Window = (slice(None), slice(None))
@@ -56,6 +77,14 @@ class RunningStats:
 
     NaN-aware: missing values are skipped, so the result equals ``np.nanmean`` and
     ``np.nanstd`` (ddof 0) over every axis but the level axis.
+
+    Held as float64 sums (count, sum, sum of squares) rather than a running mean and M2
+    (Chan et al.): merging two sets of values is then the very addition :meth:`update`
+    does, so the sums of months merged in time order (:meth:`merge`: a split's store from
+    its month files) are bit for bit those of one job updating month by month, and so are
+    the float32 statistics. The one-pass variance E[x²] - mean² loses log10(E[x²]/var) of
+    float64's 16 digits to cancellation (about 2 for temperatures: 250 K, σ 20 K), and
+    summing 1e11 values a few more: far from float32's 7.
     """
 
     def __init__(self) -> None:
@@ -71,6 +100,25 @@ class RunningStats:
         self.n = self.n + valid.sum(axis=axes)
         self.total = self.total + x.sum(axis=axes)
         self.total_sq = self.total_sq + (x**2).sum(axis=axes)
+
+    def merge(self, other: RunningStats) -> None:
+        """Add the sums of `other`: these stats become those of both sets of values."""
+        self.n = self.n + other.n
+        self.total = self.total + other.total
+        self.total_sq = self.total_sq + other.total_sq
+
+    def save(self, group: h5py.Group) -> None:
+        """The sums as datasets `n` (int64), `total` and `total_sq` (float64) of `group`, each [L]."""
+        group["n"] = np.asarray(self.n, np.int64)
+        group["total"] = np.asarray(self.total, np.float64)
+        group["total_sq"] = np.asarray(self.total_sq, np.float64)
+
+    @classmethod
+    def load(cls, group: h5py.Group) -> RunningStats:
+        """The stats whose sums :meth:`save` wrote into `group`."""
+        stats = cls()
+        stats.n, stats.total, stats.total_sq = (group[k][()] for k in ("n", "total", "total_sq"))
+        return stats
 
     def result(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) per level as float32; raises ValueError naming `name` when a level has no valid value."""
@@ -109,7 +157,7 @@ def build_store(
     attrs: dict,
     stats_from: str | None = None,
 ) -> None:
-    """Write the store of one split from its months.
+    """Write the store of one split from its months, as one file in one job.
 
     Priors are computed from the upsampled coarse input (never the fine truth).
     Normalisation stats are accumulated here for the train split (skipping missing
@@ -118,26 +166,58 @@ def build_store(
     `attrs` (provenance: ``geodiff_version``, ``config_hash``, ...; see
     :func:`geodiff.provenance.provenance_attrs`) join the global attributes.
     """
+    with atomic_write(out_path) as tmp, h5py.File(tmp, "w") as f:
+        stats = _write_samples(f, out_path, raw_paths, lowres_paths, statics_path, period, prior_names, upsample)
+        try:
+            _write_stats(f, stats, stats_from)
+        except ValueError as err:
+            raise ValueError(f"{out_path}: {err} in {raw_paths}") from None
+        _write_attrs(f, attrs, upsample, scale_factor, f"{period['start']}..{period['end']}")
+        log.info("%s: %d samples", out_path, f.attrs["n_samples"])
+
+
+def build_month(
+    out_path: str,
+    raw_path: str,
+    lowres_path: str,
+    statics_path: str,
+    period: dict,
+    prior_names: list[str],
+    upsample: str,
+    scale_factor: int,
+    attrs: dict,
+) -> None:
+    """Write one month file of a split: the month's samples within the split's `period`, as
+    :func:`build_store` writes them, with the sums of their statistics (`sums/<var>`,
+    :meth:`RunningStats.save`) in place of `stats/`, for :func:`assemble_store` to merge."""
+    with atomic_write(out_path) as tmp, h5py.File(tmp, "w") as f:
+        stats = _write_samples(f, out_path, [raw_path], [lowres_path], statics_path, period, prior_names, upsample)
+        for name, s in stats.items():
+            s.save(f.create_group(f"sums/{name}"))
+        _write_attrs(f, attrs, upsample, scale_factor, f"{period['start']}..{period['end']}")
+        log.info("%s: %d samples", out_path, f.attrs["n_samples"])
+
+
+def _write_samples(
+    f: h5py.File, out_path: str, raw_paths: list[str], lowres_paths: list[str], statics_path: str, period: dict,
+    prior_names: list[str], upsample: str,
+) -> dict[str, RunningStats]:
+    """Append the months' samples within `period` (truth, inputs, priors) to the new store `f`, with its
+    coordinates and statics; the running stats of `t` and of each prior over them."""
     start, stop = pd.Timestamp(period["start"]), pd.Timestamp(period["end"]) + pd.Timedelta(days=1)
     stats = {v: RunningStats() for v in ["t", *prior_names]}
-    with (
-        xr.open_dataset(statics_path, engine="netcdf4") as statics,
-        atomic_write(out_path) as tmp,
-        h5py.File(tmp, "w") as f,
-    ):
-        written = 0
+    with xr.open_dataset(statics_path, engine="netcdf4") as statics:
         for raw_path, low_path in tqdm(list(zip(raw_paths, lowres_paths)), desc=f"store {Path(out_path).name}", unit="month"):
             with xr.open_dataset(raw_path, engine="netcdf4") as raw, xr.open_dataset(low_path, engine="netcdf4") as low:
                 keep = (raw["time"].values >= np.datetime64(start)) & (raw["time"].values < np.datetime64(stop))
                 raw, low = raw.isel(time=keep).load(), low.isel(time=keep).load()
                 if raw.sizes["time"] == 0:
                     continue
-                if written == 0:
+                if "time" not in f:
                     if not (np.allclose(statics["lat"].values, raw["lat"].values)
                             and np.allclose(statics["lon"].values, raw["lon"].values)):
                         raise ValueError(f"{statics_path}: the statics grid does not match the data grid of {raw_path}")
-                    shape = raw["t"].shape[1:]
-                    _init_layout(f, raw, low, statics, prior_names, shape, upsample)
+                    _init_layout(f, raw, low, statics, prior_names, raw["t"].shape[1:], upsample)
                 levels = raw["level"].values
                 fields = {"hr/t": raw["t"].values, "lr/t": low["t_coarse"].values}
                 for m in upsamplers(low):
@@ -158,17 +238,16 @@ def build_store(
                 stats["t"].update(fields["hr/t"])
                 for k, v in priors.items():
                     stats[k].update(v)
-                written += raw.sizes["time"]
-        if written == 0:
-            raise ValueError(f"{out_path}: no time in {period['start']}..{period['end']} in {raw_paths}")
-        try:
-            _write_stats(f, stats, statics, stats_from)
-        except ValueError as err:
-            raise ValueError(f"{out_path}: {err} in {raw_paths}") from None
-        f.attrs.update(geodiff_version=__version__, store_layout=STORE_LAYOUT, upsample=upsample, n_samples=written, scale_factor=scale_factor,
-                       period=f"{period['start']}..{period['end']}")
-        f.attrs.update(attrs)
-    log.info("wrote %s: %d samples", out_path, written)
+    if "time" not in f:
+        raise ValueError(f"{out_path}: no time in {period['start']}..{period['end']} in {raw_paths}")
+    return stats
+
+
+def _write_attrs(f: h5py.File, attrs: dict, upsample: str, scale_factor: int, period: str) -> None:
+    """The global attributes of a store (or month file) whose samples are written; `period` is "start..end"."""
+    f.attrs.update(geodiff_version=__version__, store_layout=STORE_LAYOUT, upsample=upsample, n_samples=f["time"].shape[0],
+                   scale_factor=scale_factor, period=period)
+    f.attrs.update(attrs)
 
 
 def upsamplers(lowres: xr.Dataset) -> list[str]:
@@ -186,8 +265,7 @@ def _init_layout(
     f.create_dataset("lon", data=raw["lon"].values).attrs.update(CF_ATTRS["lon"])
     for axis in (LAT, LON):
         f.create_dataset(f"{axis}_coarse", data=low[f"{axis}_coarse"].values).attrs.update(CF_ATTRS[axis])
-    time = f.create_dataset("time", shape=(0,), maxshape=(None,), dtype="i8", chunks=(1024,))
-    time.attrs.update(units="seconds since 1970-01-01 00:00:00", standard_name="time", calendar="proleptic_gregorian")
+    f.create_dataset("time", shape=(0,), maxshape=(None,), dtype="i8", chunks=(1024,)).attrs.update(TIME_ATTRS)
     _appendable(f, "hr/t", shape, CF_ATTRS["t"])
     coarse_shape = (shape[0], low.sizes["lat_coarse"], low.sizes["lon_coarse"])
     _appendable(f, "lr/t", coarse_shape, {**CF_ATTRS["t"], "long_name": "Coarse temperature (the model's input)"})
@@ -210,16 +288,17 @@ def _attach_scales(f: h5py.File) -> None:
     """HDF5 dimension scales: the coordinates become scales and every field names its dims by
     them, so netCDF readers (``xr.open_dataset(store, group="hr", engine="h5netcdf")``) see
     (time, level, lat, lon) instead of phony dims."""
-    for name in (TIME, LEVEL, LAT, LON, f"{LAT}_coarse", f"{LON}_coarse"):
+    for name in (TIME, *COORDINATES):
         f[name].make_scale(name)
-    for group in ("hr", "lr", "interp", "priors", "static"):
+    for group in (*SAMPLE_GROUPS, "static"):
         for d in f[group].values():
             horizontal = (f"{LAT}_coarse", f"{LON}_coarse") if group == "lr" else (LAT, LON)
             for axis, scale in zip(d.dims, ((TIME, LEVEL) if d.ndim == 4 else ()) + horizontal):
                 axis.attach_scale(f[scale])
 
 
-def _write_stats(f: h5py.File, stats: dict[str, RunningStats], statics: xr.Dataset, stats_from: str | None) -> None:
+def _write_stats(f: h5py.File, stats: dict[str, RunningStats], stats_from: str | None) -> None:
+    """`stats/`: those of `stats` and of the store's statics (the train split), or the train store `stats_from`'s."""
     if stats_from is not None:
         with _open(stats_from) as src:
             src.copy(src["stats"], f, "stats")
@@ -230,23 +309,137 @@ def _write_stats(f: h5py.File, stats: dict[str, RunningStats], statics: xr.Datas
         f[f"stats/{name}/mean"] = mean
         f[f"stats/{name}/std"] = std
     for name in STATICS:
-        x = statics[name].values.astype(np.float64)
+        x = f[f"static/{name}"][()].astype(np.float64)
         f[f"stats/{name}/mean"] = np.array([x.mean()], np.float32)
         f[f"stats/{name}/std"] = np.array([max(x.std(), 1e-6)], np.float32)
     f["stats"].attrs["from"] = "train split"
+
+
+# --- a split's store over its month files ------------------------------------------------
+
+
+def assemble_store(out_path: str, month_paths: Sequence[str], attrs: dict, stats_from: str | None = None) -> None:
+    """Write the store of a split over its month files (:func:`build_month`), given in time order.
+
+    Every sample dataset is a virtual dataset: the months' datasets one after another, each
+    named by its path relative to the store's folder. Coordinates and statics (small) are
+    written here: `time` joined, the others the first month's, once every month is checked
+    to have the same ones, the same sample datasets and the same store attributes. Stats:
+    the months' sums merged in time order (exact, :class:`RunningStats`), or those of the
+    train store `stats_from`. `attrs` (provenance) join the global attributes.
+    """
+    if not month_paths:
+        raise ValueError(f"{out_path}: a store needs at least one month file")
+    folder = Path(out_path).parent
+    with _open_month(month_paths[0]) as first, atomic_write(out_path) as tmp, h5py.File(tmp, "w") as f:
+        counts, times, stats = [], [], {name: RunningStats() for name in first["sums"]}
+        for path in month_paths:
+            with _open_month(path) as month:
+                _check_like(month, first)
+                counts.append(month["time"].shape[0])
+                times.append(month["time"][()])
+                for name, s in stats.items():
+                    s.merge(RunningStats.load(month[f"sums/{name}"]))
+        _check_time_order(month_paths, times)
+        f.create_dataset(TIME, data=np.concatenate(times)).attrs.update(TIME_ATTRS)
+        for name in (*COORDINATES, *(f"static/{s}" for s in STATICS)):
+            _copy_dataset(first[name], f, name)
+        sources = [os.path.relpath(p, folder) for p in month_paths]
+        for name in _sample_shapes(first):
+            _virtual_dataset(f, name, first[name], sources, counts)
+        f["lr_up/t"] = f[f"interp/{first.attrs['upsample']}"]  # hard link: the model input
+        _attach_scales(f)
+        try:
+            _write_stats(f, stats, stats_from)
+        except ValueError as err:
+            raise ValueError(f"{out_path}: {err} in {list(month_paths)}") from None
+        _write_attrs(f, attrs, *(first.attrs[k] for k in ("upsample", "scale_factor", "period")))
+    log.info("wrote %s: %d samples over %d month files", out_path, sum(counts), len(month_paths))
+
+
+def _open_month(path: str) -> h5py.File:
+    """A month file, read-only; a missing one raises naming it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such month file (the priors_month rule writes it)")
+    return _open(path)
+
+
+def _sample_shapes(f: h5py.File) -> dict[str, tuple[int, ...]]:
+    """{name: shape of one sample} of the sample datasets of a store or month file."""
+    return {f"{group}/{name}": d.shape[1:] for group in SAMPLE_GROUPS if group in f for name, d in f[group].items()}
+
+
+def _check_like(month: h5py.File, first: h5py.File) -> None:
+    """Refuse a month file whose coordinates, sample datasets or store attributes differ from the first month's."""
+    where = f"{month.filename}: differs from {first.filename} in"
+    for name in COORDINATES:
+        mine, theirs = (np.array2string(f[name][()], threshold=8) for f in (month, first))
+        if not np.array_equal(month[name][()], first[name][()]):
+            raise ValueError(f"{where} {name}: {mine} against {theirs}")
+    mine, theirs = _sample_shapes(month), _sample_shapes(first)
+    differ = [f"{k} {mine.get(k, 'absent')} against {theirs.get(k, 'absent')}"
+              for k in sorted(mine.keys() | theirs.keys()) if mine.get(k) != theirs.get(k)]
+    if differ:
+        raise ValueError(f"{where} its sample datasets: {'; '.join(differ)}")
+    for key in MONTH_ATTRS:
+        if month.attrs[key] != first.attrs[key]:
+            raise ValueError(f"{where} attribute {key}: {month.attrs[key]} against {first.attrs[key]}")
+
+
+def _check_time_order(month_paths: Sequence[str], times: list[np.ndarray]) -> None:
+    """Refuse month files out of time order or overlapping."""
+    for (before, t0), (after, t1) in zip(zip(month_paths, times), zip(month_paths[1:], times[1:])):
+        if t1[0] <= t0[-1]:
+            raise ValueError(f"{after}: its first time is not after the last one of {before} (month files go in time order)")
+
+
+def _copy_dataset(src: h5py.Dataset, f: h5py.File, name: str) -> None:
+    """A small dataset copied with its attributes (not the dimension-scale ones, which name objects of its file)."""
+    f.create_dataset(name, data=src[()]).attrs.update(_plain_attrs(src))
+
+
+def _virtual_dataset(f: h5py.File, name: str, like: h5py.Dataset, sources: list[str], counts: list[int]) -> None:
+    """Dataset `name` of `f` as the datasets `name` of the `sources`, `counts` samples each, one after another
+    (`like`: the first one, for the sample shape, type and attributes). Where a source cannot be read HDF5
+    gives the fill value: NaN, never a plausible number."""
+    sample = like.shape[1:]
+    layout = h5py.VirtualLayout(shape=(sum(counts), *sample), dtype=like.dtype)
+    start = 0
+    for source, n in zip(sources, counts):
+        layout[start : start + n] = h5py.VirtualSource(source, name, shape=(n, *sample))
+        start += n
+    f.create_virtual_dataset(name, layout, fillvalue=np.nan).attrs.update(_plain_attrs(like))
+
+
+def _plain_attrs(d: h5py.Dataset) -> dict:
+    """A dataset's attributes without the HDF5 dimension-scale bookkeeping."""
+    return {k: v for k, v in d.attrs.items() if k not in HDF5_DIMENSION_ATTRS}
 
 
 # --- reading ---------------------------------------------------------------------------
 
 
 def _open(path: str | os.PathLike[str]) -> h5py.File:
-    """The store at `path`, read-only; a missing or unreadable file raises naming it."""
+    """The store at `path`, read-only; a missing or unreadable file, or missing month files, raise naming them."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such store (the priors rule writes it)")
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as err:
         raise ValueError(f"{path}: not a readable HDF5 store ({err})") from err
+    missing = _missing_months(f, Path(path).parent)
+    if missing:
+        f.close()
+        raise FileNotFoundError(f"{path}: its month file(s) {missing} are missing (the priors_month rule writes them)")
+    return f
+
+
+def _missing_months(f: h5py.File, folder: Path) -> list[str]:
+    """The month files (:func:`assemble_store`) of a store in `folder` that are not there."""
+    d = f.get("hr/t")
+    if d is None or not d.is_virtual:
+        return []
+    return sorted({str(folder / s.file_name) for s in d.virtual_sources() if not (folder / s.file_name).is_file()})
 
 
 def _dataset(f: h5py.File, name: str) -> h5py.Dataset:
@@ -303,7 +496,7 @@ def read_field(path: str | os.PathLike[str], name: str) -> xr.DataArray:
     with _open(path) as f:
         d = _dataset(f, name)
         values = d[()]
-        attrs = {k: v for k, v in d.attrs.items() if k not in HDF5_DIMENSION_ATTRS}
+        attrs = _plain_attrs(d)
         if name == "lr/t":
             coords.update({axis: xr.DataArray(f[f"{axis}_coarse"][()], dims=axis, attrs=CF_ATTRS[axis]) for axis in (LAT, LON)})
     return xr.DataArray(values, dims=(TIME, LEVEL, LAT, LON), coords=coords, attrs=attrs)

@@ -63,20 +63,40 @@ def edm_loss(
     P_mean: float = -1.2,
     P_std: float = 1.2,
     sigma_data: float | None = None,
+    normal: Callable[[list[int]], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Per-element EDM loss λ(σ) (D(y + n; σ) − y)², n ~ N(0, σ² I), ln σ ~ N(P_mean, P_std²).
 
     EDM eq. 8 and Table 1: λ(σ) = (σ² + σd²)/(σ σd)², one σ per sample. `sigma_data`
     defaults to ``D.sigma_data`` (of ``D.module`` when D is wrapped in DistributedDataParallel).
+    `normal(shape)` draws the standard normals (ln σ first, then n), by default from torch's
+    global generator; training passes :func:`per_sample_normal`.
     Returns a tensor shaped like `y` (take ``.mean()``).
     """
     sigma_data = getattr(D, "module", D).sigma_data if sigma_data is None else sigma_data
-    rnd_normal = torch.randn([y.shape[0], 1, 1, 1, 1], device=y.device, dtype=y.dtype)
+    if normal is None:
+        normal = lambda shape: torch.randn(shape, device=y.device, dtype=y.dtype)  # noqa: E731
+    rnd_normal = normal([y.shape[0], 1, 1, 1, 1])
     sigma = (rnd_normal * P_std + P_mean).exp()
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-    n = torch.randn_like(y) * sigma
+    n = normal(list(y.shape)) * sigma
     D_yn = D(y + n, sigma, cond, priors)
     return weight * (D_yn - y) ** 2
+
+
+def per_sample_normal(seeds: torch.Tensor, device: torch.device | str) -> Callable[[list[int]], torch.Tensor]:
+    """A `normal(shape)` for :func:`edm_loss` whose sample i comes from a generator seeded ``seeds[i]``.
+
+    Each sample's numbers depend on its seed alone, not on the batch it sits in, the rank
+    that draws it or the step a run resumed at (the seeds come from
+    :func:`geodiff.data.loader.sample_seed`). Drawn in float32 on the CPU, then moved.
+    """
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+
+    def normal(shape: list[int]) -> torch.Tensor:
+        return torch.stack([torch.randn(shape[1:], generator=g) for g in generators]).to(device)
+
+    return normal
 
 
 def edm_time_steps(

@@ -100,12 +100,17 @@ def build_model(stage: str, n_levels: int, n_priors: int, width: int, depth: int
 def load_model(path: str, device: str = "cpu") -> nn.Module:
     """Rebuild a model from its file (weights-only load) with its stats and prior names."""
     state = load_checkpoint(path, map_location=device)
+    return model_from_state(state, state["model"]).to(device)
+
+
+def model_from_state(state: dict, weights: dict) -> nn.Module:
+    """The network of a model file or training checkpoint (its ``arch`` and ``prior_names``) holding `weights`."""
     arch = dict(state["arch"])
     stage = arch.pop("stage")
     model = DeterministicModel(**arch) if stage == "deterministic" else ResidualModel(**arch)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(weights)
     model.prior_names = list(state["prior_names"])
-    return model.to(device)
+    return model
 
 
 def truth_mask(batch: dict) -> torch.Tensor:

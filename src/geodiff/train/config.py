@@ -121,17 +121,22 @@ class RunSettings:
 
     device: str  # auto | cpu | cuda
     checkpoint_every: int  # optimiser steps between resumable checkpoints
+    keep_checkpoints: int  # newest checkpoints kept in <model>.ckpt/
 
     @classmethod
-    def resolve(cls, config: dict, device: str | None = None, checkpoint_every: int | None = None) -> RunSettings:
-        """Command-line values first, then the config's train.device / train.checkpoint_every (a validated
-        config has them); neither is an error naming the key (the schema holds the defaults).
+    def resolve(cls, config: dict, device: str | None = None, checkpoint_every: int | None = None,
+                keep_checkpoints: int | None = None) -> RunSettings:
+        """Command-line values first, then the config's train.device / train.checkpoint_every /
+        train.keep_checkpoints (a validated config has them); neither is an error naming the key
+        (the schema holds the defaults).
 
-        The workflow keeps both out of the training params (changing them must not retrain)
+        The workflow keeps these out of the training params (changing them must not retrain)
         and passes them on the command line.
         """
-        device = device if device is not None else config_value(config, "train.device")
-        every = checkpoint_every if checkpoint_every is not None else config_value(config, "train.checkpoint_every")
-        if int(every) < 1:
-            raise ValueError(f"checkpoint_every must be >= 1, got {every}")
-        return cls(str(device), int(every))
+        given = {"device": device, "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints}
+        values = {name: value if value is not None else config_value(config, f"train.{name}")
+                  for name, value in given.items()}
+        for name in ("checkpoint_every", "keep_checkpoints"):
+            if int(values[name]) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {values[name]}")
+        return cls(str(values["device"]), int(values["checkpoint_every"]), int(values["keep_checkpoints"]))

@@ -28,7 +28,7 @@ import os
 import re
 import socket
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import product
 from typing import Literal
@@ -362,11 +362,12 @@ def init_distributed(device: str = "auto") -> DistContext:
         )
         if not dist.is_initialized():
             log.info(
-                "rank %d/%d (local %d, %s) joining %s process group at %s:%d on %s",
+                "rank %d/%d (local %d, %s, node %s) joining %s process group at %s:%d on %s",
                 ctx.rank,
                 ctx.world_size,
                 ctx.local_rank,
                 ctx.launcher,
+                os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
                 backend,
                 addr,
                 port,
@@ -381,6 +382,49 @@ def init_distributed(device: str = "auto") -> DistContext:
     else:
         log.info("single process (%s) on %s", ctx.launcher, dev)
     return ctx
+
+
+def node_env(nodes: int, node_rank: int, per_node: int, local_rank: int, addr: str | None,
+             port: int | None) -> dict[str, str]:
+    """The torchrun-style environment of process `local_rank` on node `node_rank` of a manual launch.
+
+    ``geodiff train --nodes N --nr R --gpus G`` (the seed's command line) starts G processes on
+    each of N nodes: global rank R·G + local rank, world size N·G. The rendezvous point is
+    `addr`/`port`, else ``MASTER_ADDR``/``MASTER_PORT`` of the environment, else this host
+    (one node only) and port 29500.
+    """
+    if not 0 <= node_rank < nodes:
+        raise ValueError(f"--nr {node_rank} is not a node of --nodes {nodes} (0 to {nodes - 1})")
+    addr = addr or os.environ.get("MASTER_ADDR")
+    if addr is None:
+        if nodes > 1:
+            raise ValueError(f"--nodes {nodes}: give node 0's address with --master-addr (or MASTER_ADDR), "
+                             "the same on every node")
+        addr = LOOPBACK
+    port = port or _int(os.environ, "MASTER_PORT") or DEFAULT_PORT
+    return {"MASTER_ADDR": addr, "MASTER_PORT": str(port), "RANK": str(node_rank * per_node + local_rank),
+            "WORLD_SIZE": str(nodes * per_node), "LOCAL_RANK": str(local_rank)}
+
+
+def _node_process(local_rank: int, fn: Callable[[], object], envs: list[dict[str, str]]) -> None:
+    """One process of :func:`launch_node`: its environment, logging, then `fn`."""
+    from geodiff.logs import setup_logging
+
+    os.environ.update(envs[local_rank])
+    setup_logging()
+    fn()
+
+
+def launch_node(fn: Callable[[], object], nodes: int, node_rank: int, per_node: int, addr: str | None = None,
+                port: int | None = None) -> None:
+    """Run `fn` (picklable) in `per_node` processes of this node, ranks as :func:`node_env` gives them.
+
+    Each process finds the torchrun-style variables and :func:`init_distributed` joins the group.
+    """
+    envs = [node_env(nodes, node_rank, per_node, local, addr, port) for local in range(per_node)]
+    log.info("node %d of %d: starting ranks %s of %s (rendezvous %s:%s)", node_rank, nodes,
+             [int(e["RANK"]) for e in envs], envs[0]["WORLD_SIZE"], envs[0]["MASTER_ADDR"], envs[0]["MASTER_PORT"])
+    torch.multiprocessing.spawn(_node_process, args=(fn, envs), nprocs=per_node)
 
 
 def cleanup() -> None:

@@ -1,14 +1,28 @@
 """The training loop shared by both stages: deterministic U-Net and EDM residual model.
 
-Runs alone, under torchrun, srun or mpirun (see `geodiff.train.distributed`), with a
-DistributedSampler, gradient clipping, AMP (bfloat16) on GPUs and bfloat16-capable CPUs, EMA weights for the
+Runs alone, under torchrun, srun or mpirun (see `geodiff.train.distributed`), with
+gradient clipping, AMP (bfloat16) on GPUs and bfloat16-capable CPUs, EMA weights for the
 diffusion model, TensorBoard logs and tqdm progress on rank 0, and atomic resumable
-checkpoints (`<out>.ckpt`) that carry everything needed to continue.
+checkpoints that carry everything needed to continue.
+
+The run is the same whatever the number of ranks: ``train.batch_size`` is the global
+batch, split evenly across the W ranks; :class:`geodiff.train.sampler.EpochSampler` gives
+them together the samples one process would take; every random draw of a sample (its
+crop, its diffusion noise) comes from its own seed (:func:`geodiff.data.loader.sample_seed`),
+and DDP averages the ranks' gradients. W ranks end with the weights of one process up to
+float32 rounding of the sums (tests/test_scale_out.py states the tolerance).
+
+Checkpoints go to `<out>.ckpt/step-<step>_epoch-<epoch>.pt` every ``checkpoint_every``
+steps and at the last step; the last ``keep_checkpoints`` are kept (also after the run,
+so that ``geodiff evaluate --model_path --epoch_num`` can score them). A rerun resumes
+from the newest readable one, mid-epoch included, and ends bit-identical on CPU to a run
+that was never killed: weights, EMA, optimiser, schedule and the data order are restored,
+and no draw depends on a global random generator.
 
 A checkpoint is resumed only when it was written with the same training settings
 (:func:`geodiff.train.config.stage_hash`), on the same training store (its SHA-256: data, grid,
 levels and priors) and, for the residual stage, with the same deterministic model;
-otherwise it is moved aside to `<out>.ckpt.stale-<its hash>` (never deleted) and the
+otherwise the folder is moved aside to `<out>.ckpt.stale-<its hash>` (never deleted) and the
 training starts from step 0. A loss or gradient that turns non-finite stops the
 training with :class:`TrainingDiverged` before the step is applied: no model file is
 written and no checkpoint of the broken state.
@@ -28,27 +42,24 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from geodiff import __version__
-from geodiff.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from geodiff.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from geodiff.data.loader import StoreDataset
 from geodiff.data.store import store_info
-from geodiff.device import bf16_autocast
-from geodiff.model.edm import EMA, edm_loss
+from geodiff.device import batch_to, bf16_autocast
+from geodiff.model.edm import EMA, edm_loss, per_sample_normal
 from geodiff.model.losses import PhysicsLoss, masked_mean
 from geodiff.model.networks import build_model, load_model, residual_scale, truth_mask
 from geodiff.train.config import STAGES, RunSettings, TrainConfig
 from geodiff.train.distributed import DistContext, cleanup, init_distributed, is_main
+from geodiff.train.checkpoints import checkpoint_dir, checkpoint_name, checkpoints
+from geodiff.train.sampler import EpochSampler
+from geodiff.train.validation import validate
 
 log = logging.getLogger(__name__)
-
-VALIDATION_SIGMAS = (0.1, 0.5, 1.0, 2.0)
-"""Noise levels σ (scaled residual units, σd = 1) at which the residual model's denoising is scored."""
-VALIDATION_SEED = 0
-"""Seed of the validation noise, so that scores of two models compare the same draws."""
-
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient of a training step is NaN or infinite."""
@@ -69,10 +80,6 @@ def cosine_lr(step: int, total: int, warmup: int = 50) -> float:
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def to_device(batch: dict, device: str) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
 def file_digest(path: str) -> str:
     """SHA-256 of a file's bytes (hex)."""
     with open(path, "rb") as f:
@@ -88,7 +95,8 @@ class Run:
     ctx: DistContext
     train_path: str
     loader: DataLoader
-    sampler: DistributedSampler
+    sampler: EpochSampler
+    batches_per_epoch: int  # optimiser steps per pass over the training data
     levels: np.ndarray  # level pressures [L], hPa
     model: nn.Module
     net: nn.Module  # the model, wrapped in DistributedDataParallel when distributed
@@ -111,37 +119,38 @@ def train(
     deterministic_path: str | None = None,
     device: str | None = None,
     checkpoint_every: int | None = None,
+    keep_checkpoints: int | None = None,
 ) -> dict:
     """Train one stage and write its model file (rank 0); returns final validation metrics.
 
-    `config` is the validated config (see :mod:`geodiff.train.config`); `device` and
-    `checkpoint_every` override its train.device / train.checkpoint_every.
+    `config` is the validated config (see :mod:`geodiff.train.config`); `device`,
+    `checkpoint_every` and `keep_checkpoints` override its train.* keys of the same names.
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
     if stage == "residual" and deterministic_path is None:
         raise ValueError("the residual stage needs the deterministic model file (deterministic_path)")
     cfg = TrainConfig.from_config(config, stage)
-    settings = RunSettings.resolve(config, device, checkpoint_every)
+    settings = RunSettings.resolve(config, device, checkpoint_every, keep_checkpoints)
     ctx = init_distributed(settings.device)
     try:
         run = _build(stage, cfg, ctx, train_path, deterministic_path)
-        ckpt_path = Path(f"{out_path}.ckpt")
-        _resume(run, ckpt_path)
-        _loop(run, ckpt_path, logdir, settings.checkpoint_every)
-        return _finish(run, val_path, out_path, ckpt_path, config, logdir)
+        ckpt_dir = checkpoint_dir(out_path)
+        _resume(run, ckpt_dir)
+        _loop(run, ckpt_dir, logdir, settings)
+        return _finish(run, val_path, out_path, config, logdir)
     finally:
         cleanup()
 
 
 def _build(stage: str, cfg: TrainConfig, ctx: DistContext, train_path: str, deterministic_path: str | None) -> Run:
     """Data, model (with the store's statistics), optimiser, schedule, EMA and loss of a fresh run."""
-    seed_everything(cfg.seed + ctx.rank)
+    seed_everything(cfg.seed)  # the initial weights: DDP also broadcasts rank 0's
     prior_names = list(cfg.prior_names)
-    dataset = StoreDataset(train_path, prior_names, crop=cfg.crop)
+    dataset = StoreDataset(train_path, prior_names, crop=cfg.crop, seed=cfg.seed)
     _check_stats(train_path, dataset)
-    sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    batch_size = min(cfg.batch_size, len(dataset) // ctx.world_size)
+    sampler = EpochSampler(dataset, ctx.world_size, ctx.rank, seed=cfg.seed)
+    batch_size = min(rank_batch_size(cfg.batch_size, ctx.world_size), len(sampler))
     loader = DataLoader(dataset, batch_size, sampler=sampler, drop_last=True, num_workers=1, persistent_workers=True)
     levels = store_info(train_path)["levels"]
     mean, std = torch.from_numpy(dataset.t_mean.ravel()), torch.from_numpy(dataset.t_std.ravel())
@@ -154,7 +163,7 @@ def _build(stage: str, cfg: TrainConfig, ctx: DistContext, train_path: str, dete
     resume_key = {"config_hash": cfg.hash, "train_sha256": file_digest(train_path)}  # same settings, same data
     if stage == "residual":
         deterministic = load_model(deterministic_path, ctx.device).eval()
-        model.r_scale.copy_(residual_scale(deterministic, loader, ctx.device))
+        model.r_scale.copy_(residual_scale(deterministic, DataLoader(dataset, batch_size * ctx.world_size), ctx.device))
         log.info("residual RMS per level (normalised units): %s", model.r_scale.cpu().numpy().round(3))
         resume_key["deterministic_sha256"] = file_digest(deterministic_path)
     model = model.to(ctx.device)
@@ -168,8 +177,16 @@ def _build(stage: str, cfg: TrainConfig, ctx: DistContext, train_path: str, dete
         physics = PhysicsLoss(cfg.loss_weights, cfg.charbonnier_eps, levels, mean, std).to(ctx.device)
     else:
         ema = EMA(model, decay=cfg.ema_decay)
-    return Run(stage, cfg, ctx, train_path, loader, sampler, levels, model, net, optimizer, scheduler,
+    return Run(stage, cfg, ctx, train_path, loader, sampler, len(loader), levels, model, net, optimizer, scheduler,
                ema, physics, deterministic, resume_key)
+
+
+def rank_batch_size(batch_size: int, world_size: int) -> int:
+    """Each rank's share of the global batch ``train.batch_size``; it must split evenly."""
+    if batch_size % world_size:
+        raise ValueError(f"train.batch_size = {batch_size} (the global batch) does not split evenly across "
+                         f"{world_size} ranks: choose a multiple of {world_size}")
+    return batch_size // world_size
 
 
 def _check_stats(path: str, dataset: StoreDataset) -> None:
@@ -182,20 +199,30 @@ def _check_stats(path: str, dataset: StoreDataset) -> None:
                              "rebuild the store")
 
 
-def _resume(run: Run, ckpt_path: Path) -> None:
-    """Continue from `ckpt_path` when it matches the run's settings; move a stale one aside."""
-    if not ckpt_path.exists():
+def _latest_state(ckpt_dir: Path, device: str) -> dict | None:
+    """The newest readable checkpoint in `ckpt_dir` (an unreadable one is logged and skipped), or None."""
+    for _, _, path in reversed(checkpoints(ckpt_dir)):
+        try:
+            return load_checkpoint(path, map_location=device)
+        except CheckpointError as err:
+            log.warning("skipping an unreadable checkpoint: %s", err)
+    return None
+
+
+def _resume(run: Run, ckpt_dir: Path) -> None:
+    """Continue from the newest checkpoint in `ckpt_dir` when it matches the run's settings; move a stale folder aside."""
+    state = _latest_state(ckpt_dir, run.ctx.device)
+    if state is None:
         return
-    state = load_checkpoint(ckpt_path, map_location=run.ctx.device)
     found = {key: state.get(key) for key in run.resume_key}
     if run.ctx.distributed:
         dist.barrier()  # every rank has read the checkpoint before rank 0 may move it
     if found != run.resume_key:
         if is_main(run.ctx):
-            stale = _stale_name(ckpt_path, state.get("config_hash"))
-            ckpt_path.rename(stale)
+            stale = _stale_name(ckpt_dir, state.get("config_hash"))
+            ckpt_dir.rename(stale)
             log.warning("%s was written with other settings (%s, now %s): moved to %s; %s starts from step 0",
-                        ckpt_path, found, run.resume_key, stale, run.stage)
+                        ckpt_dir, found, run.resume_key, stale, run.stage)
         if run.ctx.distributed:
             dist.barrier()
         return
@@ -206,20 +233,24 @@ def _resume(run: Run, ckpt_path: Path) -> None:
         run.ema.load_state_dict(state["ema"])
     set_rng_state(state["rng"])
     run.step = int(state["step"])
-    log.info("resumed %s from step %d (%s)", run.stage, run.step, ckpt_path)
+    log.info("resumed %s from step %d (%s)", run.stage, run.step, ckpt_dir)
 
 
-def _stale_name(ckpt_path: Path, digest: str | None) -> Path:
+def _stale_name(ckpt_dir: Path, digest: str | None) -> Path:
     """`<ckpt>.stale-<hash>`, with a counter when that name is taken (nothing is overwritten)."""
-    base = f"{ckpt_path}.stale-{digest or 'unknown'}"
+    base = f"{ckpt_dir}.stale-{digest or 'unknown'}"
     candidate, n = Path(base), 1
     while candidate.exists():
         candidate, n = Path(f"{base}.{n}"), n + 1
     return candidate
 
 
-def _loop(run: Run, ckpt_path: Path, logdir: str, checkpoint_every: int) -> None:
-    """Optimiser steps from `run.step` to the stage's total, with checkpoints, logs and progress on rank 0."""
+def _loop(run: Run, ckpt_dir: Path, logdir: str, settings: RunSettings) -> None:
+    """Optimiser steps from `run.step` to the stage's total, with checkpoints, logs and progress on rank 0.
+
+    Epoch e (from 0) takes steps e·n to (e+1)·n - 1 (n batches per epoch); a resumed run
+    starts its epoch at the sample the killed one had reached.
+    """
     total = run.cfg.steps
     main = is_main(run.ctx)
     writer = None
@@ -229,23 +260,24 @@ def _loop(run: Run, ckpt_path: Path, logdir: str, checkpoint_every: int) -> None
         writer = SummaryWriter(logdir)
     progress = tqdm(total=total, initial=run.step, desc=f"train {run.stage}", disable=not main, mininterval=5)
     autocast = bf16_autocast(run.ctx.device, run.cfg.amp)
-    epoch = run.step // max(1, len(run.loader))
+    epoch, done = divmod(run.step, run.batches_per_epoch)
     run.model.train()
     try:
         while run.step < total:
-            run.sampler.set_epoch(epoch)
+            run.sampler.set_epoch(epoch, skip=done * run.loader.batch_size)
+            done = 0
             for batch in run.loader:
                 if run.step >= total:
                     break
-                loss, grad_norm, terms = _step(run, to_device(batch, run.ctx.device), autocast)
+                loss, grad_norm, terms = _step(run, batch_to(batch, run.ctx.device), autocast)
                 progress.update()
                 if writer is not None and run.step % 10 == 0:
                     for name, value in {"loss": loss, "grad_norm": grad_norm, **terms}.items():
                         writer.add_scalar(f"{run.stage}/{name}", float(value), run.step)
                     writer.add_scalar(f"{run.stage}/lr", run.scheduler.get_last_lr()[0], run.step)
                     progress.set_postfix(loss=f"{float(loss):.4f}")
-                if main and (run.step % checkpoint_every == 0 or run.step == total):
-                    _save_checkpoint(run, ckpt_path)
+                if main and (run.step % settings.checkpoint_every == 0 or run.step == total):
+                    _save_checkpoint(run, ckpt_dir, epoch + 1, settings.keep_checkpoints)
             epoch += 1
     finally:
         progress.close()
@@ -282,20 +314,26 @@ def _stage_loss(run: Run, batch: dict) -> tuple[torch.Tensor, dict]:
     with torch.no_grad():
         det = run.deterministic(batch["lr_up"], batch["static"], batch["priors"])
     r = run.model.scale(batch["hr"] - det)
-    loss = masked_mean(edm_loss(run.net, r, run.model.condition(det, batch), batch["priors"]), mask)
+    normal = per_sample_normal(batch["seed"], run.ctx.device)  # the sample's own noise, whatever its rank
+    loss = masked_mean(edm_loss(run.net, r, run.model.condition(det, batch), batch["priors"], normal=normal), mask)
     return loss, {"edm": loss.detach()}
 
 
-def _save_checkpoint(run: Run, ckpt_path: Path) -> None:
-    save_checkpoint(ckpt_path, {
-        **run.resume_key, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(), "ema": None if run.ema is None else run.ema.state_dict(),
-        "rng": rng_state(), "step": run.step,
+def _save_checkpoint(run: Run, ckpt_dir: Path, epoch: int, keep: int) -> None:
+    """Write the run's state after its current step (taken in `epoch`, from 1); keep the newest `keep` checkpoints."""
+    save_checkpoint(ckpt_dir / checkpoint_name(run.step, epoch), {
+        **run.resume_key, "arch": run.model.arch, "prior_names": list(run.cfg.prior_names),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "ema": None if run.ema is None else run.ema.state_dict(), "rng": rng_state(), "step": run.step,
+        "epoch": epoch,
     })
+    for _, _, old in checkpoints(ckpt_dir)[:-keep]:
+        old.unlink()
 
 
-def _finish(run: Run, val_path: str, out_path: str, ckpt_path: Path, config: dict, logdir: str) -> dict:
-    """Validate the final weights (EMA for the residual model), write the model file, drop the checkpoint (rank 0)."""
+def _finish(run: Run, val_path: str, out_path: str, config: dict, logdir: str) -> dict:
+    """Validate the final weights (EMA for the residual model) and write the model file (rank 0)."""
     if not is_main(run.ctx):
         return {}
     final = run.ema.module if run.stage == "residual" else run.model
@@ -319,45 +357,4 @@ def _finish(run: Run, val_path: str, out_path: str, ckpt_path: Path, config: dic
         "val": metrics,
         "geodiff_version": __version__,
     })
-    ckpt_path.unlink(missing_ok=True)
-    return metrics
-
-
-@torch.no_grad()
-def validate(stage, model, deterministic, val_path, prior_names, device) -> dict[str, float]:
-    """Scores (K) on the validation store where the truth is present.
-
-    Deterministic stage: ``rmse_K``, the U-Net's RMSE. Residual stage: the RMSE of the
-    denoised residual, D(r̃ + σ n; σ) − r̃ (EDM eq. 2, scaled units r̃ = r/s_l) brought back
-    to K, at each σ of :data:`VALIDATION_SIGMAS` (``denoise_rmse_K_sigma<σ>``) and over all
-    of them (``denoise_rmse_K``); the noise n ~ N(0, I) is drawn from :data:`VALIDATION_SEED`.
-    """
-    dataset = StoreDataset(val_path, prior_names)
-    std = torch.from_numpy(dataset.t_std).to(device)
-    model.eval()
-    if stage == "deterministic":
-        sq, count = 0.0, 0.0
-        for batch in DataLoader(dataset, batch_size=8):
-            batch = to_device(batch, device)
-            mask = truth_mask(batch)
-            err = (model(batch["lr_up"], batch["static"], batch["priors"]) - batch["hr"]) * mask
-            sq += float(((err[:, 0] * std) ** 2).sum())
-            count += float(mask.sum())
-        return {"rmse_K": math.sqrt(sq / count)}
-    generator = torch.Generator(device).manual_seed(VALIDATION_SEED)
-    sq = dict.fromkeys(VALIDATION_SIGMAS, 0.0)
-    count = 0.0
-    for batch in DataLoader(dataset, batch_size=8):
-        batch = to_device(batch, device)
-        mask = truth_mask(batch)
-        det = deterministic(batch["lr_up"], batch["static"], batch["priors"])
-        r, cond = model.scale(batch["hr"] - det), model.condition(det, batch)
-        for sigma in VALIDATION_SIGMAS:
-            n = torch.randn(r.shape, generator=generator, device=device)
-            err = model.unscale(model(r + sigma * n, torch.full((r.shape[0],), sigma, device=device), cond,
-                                      batch["priors"]) - r) * mask
-            sq[sigma] += float(((err[:, 0] * std) ** 2).sum())
-        count += float(mask.sum())
-    metrics = {f"denoise_rmse_K_sigma{sigma:g}": math.sqrt(value / count) for sigma, value in sq.items()}
-    metrics["denoise_rmse_K"] = math.sqrt(sum(sq.values()) / (count * len(VALIDATION_SIGMAS)))
     return metrics
