@@ -396,3 +396,14 @@ def test_gpu_env_is_the_cpu_env_with_the_cuda_build() -> None:
     assert [d for d in cpu if d not in torch_cpu] == [d for d in gpu if d not in torch_gpu], (
         "envs/train.yaml and envs/train-cuda.yaml must list the same packages but for pytorch's build"
     )
+
+
+def test_jobs_import_geodiff_from_the_checkout(tmp_path: Path) -> None:
+    """The envs do not install geodiff: every job gets the checkout's src/ on PYTHONPATH from the Snakefile."""
+    from workflow_run import copy_workflow, snakemake
+
+    repo = copy_workflow(tmp_path)
+    with open(repo / "Snakefile", "a") as fh:
+        fh.write('\n\nrule probe:\n    output:\n        "probe.txt",\n    shell:\n        "echo $PYTHONPATH > {output}"\n')
+    snakemake(repo, "probe.txt", "--cores", "1", "--configfile", "config/test.yaml")
+    assert str(repo / "src") in (repo / "probe.txt").read_text().split(":")
