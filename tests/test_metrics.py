@@ -8,6 +8,7 @@ import math
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -432,3 +433,36 @@ def test_power_ratio_by_band_matches_brute_force():
                 sums[band][1] += p[wavenumber - 1]
         for band, (top, bottom) in sums.items():
             assert float(ratio.isel(level=k).sel(band=band)) == pytest.approx(top / bottom, rel=1e-10)
+
+
+def test_change_signal_against_brute_force():
+    """The change rows of tables.change_rows: the true change per level is the cos-lat weighted mean difference
+    (loops); a method that takes half the warming has change ratio 0.5 at every level and overall, one equal
+    to the truth 1 for temperature and lapse rate, one that does not move 0."""
+    from geodiff.evaluate.tables import TRUTH, change_rows
+
+    rng = np.random.default_rng(5)
+    before = PROFILE[None, :, None, None] + rng.normal(0.0, 1.0, (3, 5, 6, 7))
+    warming = np.array([1.0, 1.5, 2.0, 3.0, 4.0])[None, :, None, None]  # more aloft: the lapse rate falls
+    after = PROFILE[None, :, None, None] + rng.normal(0.0, 1.0, (3, 5, 6, 7)) + warming
+    model = before + rng.normal(0.0, 0.5, before.shape)
+    fields_before = {TRUTH: field(before, levels=LEVELS), "half": field(model, levels=LEVELS),
+                     "perfect": field(before, levels=LEVELS), "static": field(model, levels=LEVELS)}
+    fields_after = {TRUTH: field(after, levels=LEVELS), "half": field(model + (after - before) / 2, levels=LEVELS),
+                    "perfect": field(after, levels=LEVELS), "static": field(model, levels=LEVELS)}
+    rows = pd.DataFrame(change_rows(fields_before, fields_after))
+    value = rows.set_index(["method", "metric", "level"])["value"]
+    lat, valid = fields_before[TRUTH].lat.values, np.ones(before.shape, bool)
+    true = brute_mean(after, valid, lat) - brute_mean(before, valid, lat)
+    for k, level in enumerate(LEVELS):
+        assert value[TRUTH, "change", str(int(level))] == pytest.approx(true[k], rel=1e-12)
+        assert value["half", "change_ratio", str(int(level))] == pytest.approx(0.5, rel=1e-9)
+    pooled = brute_mean(after, valid, lat, pooled=True) - brute_mean(before, valid, lat, pooled=True)
+    assert value[TRUTH, "change", "all"] == pytest.approx(pooled, rel=1e-12)
+    assert value["half", "change_ratio", "all"] == pytest.approx(0.5, rel=1e-9)
+    assert value[TRUTH, "lapse_rate_change", "all"] < 0  # warmer aloft than below: a smaller lapse rate
+    for level in ["all", *(str(int(v)) for v in LEVELS)]:
+        assert value["perfect", "change_ratio", level] == pytest.approx(1.0, rel=1e-12)
+        assert value["perfect", "lapse_rate_change_ratio", level] == pytest.approx(1.0, rel=1e-12)
+        assert value["static", "change_ratio", level] == 0.0 and value["static", "lapse_rate_change_ratio", level] == 0.0
+    assert not any(rows["metric"].str.endswith("_ratio") & (rows["method"] == TRUTH))

@@ -87,10 +87,18 @@ def test_constrained_fields_coarsen_to_the_coarse_input(run):
 
 
 def test_metrics_table_is_tidy_and_complete(run):
-    table = pd.read_csv(run / RUN / "metrics.csv")
-    assert list(table.columns) == ["method", "variable", "level", "metric", "value", "units"]
-    assert (table.loc[table["metric"] == "rmse", "units"] == "K").all() and set(table["units"]) <= {"K", "K km-1", "m", "1", "s"}
-    assert not table["value"].isna().any()
+    everything = pd.read_csv(run / RUN / "metrics.csv")
+    assert list(everything.columns) == ["split", "method", "variable", "level", "metric", "value", "units"]
+    assert (everything.loc[everything["metric"] == "rmse", "units"] == "K").all()
+    assert set(everything["units"]) <= {"K", "K km-1", "m", "1", "s"} and not everything["value"].isna().any()
+    table = everything[everything["split"] == "test"]
+    methods = set(table["method"])
+    assert set(everything.loc[everything["split"] == "test_shift", "method"]) == methods  # every method on both splits
+    change = everything[everything["split"] == "test_shift-test"]
+    points = {m for m in methods if not m.startswith("geodiff") or m.endswith("_mean")}
+    for metric in ["change_ratio", "lapse_rate_change_ratio"]:
+        assert set(change.loc[change["metric"] == metric, "method"]) == points
+    assert set(change.loc[change["metric"] == "change", "method"]) == points | {"truth"}
     overall = table[(table["level"] == "all")].pivot_table(index="method", columns="metric", values="value")
     for method in ["bicubic", "bilinear", "deterministic", "ablation_no_priors", "geodiff_mean"]:
         assert {"rmse", "mae", "bias"} <= set(overall.columns) and not np.isnan(overall.loc[method, "rmse"])
@@ -110,8 +118,10 @@ def test_summary_numbers_equal_the_metrics_table(run):
     resolved = yaml.safe_load((res / "config.resolved.yaml").read_text())
     assert f"run config {config_hash(resolved['config_hashes'])}" in text.splitlines()[0]
     table = pd.read_csv(res / "metrics.csv")
-    overall = table[table["level"] == "all"].pivot_table(index="method", columns="metric", values="value")
-    lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith(("| method", "| ---"))]
+    overall = table[(table["level"] == "all") & (table["split"] == "test")].pivot_table(
+        index="method", columns="metric", values="value")
+    main, shift = text.split("## Climate shift")
+    lines = [line for line in main.splitlines() if line.startswith("| ") and not line.startswith(("| method", "| ---"))]
     source = {"rmse": "_mean", "mae": "_mean", "crps": "", "spread_skill": "",
               "lapse_rate_rmse": "_member", "spurious_instability": "_member"}
     ensembles = {"geodiff", "geodiff_constrained", "geodiff_guided", "geodiff_guided_constrained"}
@@ -130,6 +140,19 @@ def test_summary_numbers_equal_the_metrics_table(run):
             else:
                 assert float(value) == pytest.approx(expected, rel=5e-4), (method, metric)
     assert set(methods) == {"bicubic", "bilinear", "deterministic", "deterministic_constrained", "ablation_no_priors"} | ensembles
+    # the climate-shift table: RMSE and CRPS on both splits, degradation and change-signal ratios (ensembles: the mean)
+    by_split = {s: table[(table["level"] == "all") & (table["split"] == s)].pivot_table(
+        index="method", columns="metric", values="value") for s in ("test", "test_shift", "test_shift-test")}
+    rows = [line for line in shift.splitlines() if line.startswith("| ") and not line.startswith(("| method", "| ---"))]
+    assert {line.strip("|").split("|")[0].strip() for line in rows} == set(methods)
+    for line in rows:
+        method, *values = [cell.strip() for cell in line.strip("|").split("|")]
+        point = f"{method}_mean" if method in ensembles else method
+        rmse = [summary_rmse(by_split[s], method, ensembles) for s in ("test", "test_shift")]
+        expected = [*rmse, rmse[1] / rmse[0], by_split["test"].loc[method, "crps"],
+                    by_split["test_shift"].loc[method, "crps"], by_split["test_shift-test"].loc[point, "change_ratio"],
+                    by_split["test_shift-test"].loc[point, "lapse_rate_change_ratio"]]
+        assert [float(v) for v in values] == pytest.approx(expected, rel=5e-4), method
 
 
 def summary_rmse(overall, method, ensembles):
@@ -182,18 +205,19 @@ def skill_regressions(reference: pd.DataFrame, table: pd.DataFrame) -> list[str]
     """One line per method and metric of :data:`TOLERANCE` whose overall score is worse than the
     reference's by more than its tolerance, or missing."""
     def overall(t):
-        return t[t["level"] == "all"].set_index(["method", "metric"])["value"]
+        return t[t["level"] == "all"].set_index(["split", "method", "metric"])["value"]
 
     ref, new = overall(reference), overall(table)
     lines = []
-    for (method, metric), value in ref.items():
+    for (split, method, metric), value in ref.items():
+        key = (split, method, metric)
         if metric not in TOLERANCE:
             continue
-        if (method, metric) not in new.index:
-            lines.append(f"{method} {metric}: missing (reference {value:.4f})")
-        elif new[(method, metric)] > value * (1 + TOLERANCE[metric]):
-            lines.append(f"{method} {metric}: {new[(method, metric)]:.4f} against the reference {value:.4f} "
-                         f"(+{new[(method, metric)] / value - 1:.1%}, tolerance {TOLERANCE[metric]:.0%})")
+        if key not in new.index:
+            lines.append(f"{split} {method} {metric}: missing (reference {value:.4f})")
+        elif new[key] > value * (1 + TOLERANCE[metric]):
+            lines.append(f"{split} {method} {metric}: {new[key]:.4f} against the reference {value:.4f} "
+                         f"(+{new[key] / value - 1:.1%}, tolerance {TOLERANCE[metric]:.0%})")
     return lines
 
 
@@ -295,7 +319,8 @@ def planned_after(run, name: str, replacements: list[tuple[str, str]], *targets:
     return sorted(p.removeprefix(f"{RUN}/") for job in jobs for p in job.get("output", "").split(", ") if p)
 
 
-FIGURES = [f"figures/{name}.png" for name in ["maps", "profiles", "rank_histograms", "spectra", "spread_skill"]]
+FIGURES = [f"figures/{name}.png" for name in ["climate_shift", "maps", "profiles", "rank_histograms", "spectra",
+                                              "spread_skill"]]
 SCORES = [*FIGURES, "metrics.csv", "metrics_by_level.csv", "summary.csv", "summary.md"]
 EVALUATION = ["baselines/test_ablation_no_priors.nc", "baselines/test_deterministic.nc",
               "baselines/test_deterministic_constrained.nc", *SCORES]

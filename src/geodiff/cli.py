@@ -78,8 +78,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from geodiff.evaluate.tables import write_tables
 
     out = Path(args.out)
-    write_tables(args.store, args.ensemble, args.baselines, str(out / "metrics.csv"), str(out / "metrics_by_level.csv"),
-                 str(out / "summary.md"), str(out / "figures"))
+    write_tables({Path(args.store).stem: (args.store, args.ensemble, args.baselines)}, str(out / "metrics.csv"),
+                 str(out / "metrics_by_level.csv"), str(out / "summary.md"), str(out / "figures"))
 
 
 def score_checkpoints(args: argparse.Namespace) -> None:

@@ -33,7 +33,14 @@ FIGURES = {
     "rank_histograms": "Calibration",
     "spread_skill": "Calibration",
 }
-"""Figures of the metrics rule (what geodiff.evaluate.plots.write_figures writes) and their report category."""
+EVAL_SPLITS = [
+    config["evaluate"]["split"],
+    *(["test_shift"] if "test_shift" in config["splits"] else []),
+]
+"""Splits the metrics rule scores: the evaluation split, and the climate-shifted one when configured."""
+if len(EVAL_SPLITS) > 1:
+    FIGURES["climate_shift"] = "Climate shift"
+"""Figures of the metrics rule (what geodiff.evaluate.tables.write_tables writes) and their report category."""
 LOCAL_FILES = (
     local_files_by_month(config, MONTHS) if config["data"]["source"] == "local" else {}
 )
@@ -152,10 +159,19 @@ def constrained(names):
     return [n for name in names for n in (name, f"{name}_constrained")]
 
 
-def get_baseline_files():
-    """Baseline fields on the evaluation split: interpolations, the deterministic U-Net (and its
-    constrained form) and the ablations."""
-    split = config["evaluate"]["split"]
+def get_metrics_input(wildcards):
+    """For each evaluation split s (EVAL_SPLITS): `store_s`, `ensembles_s` and `baselines_s`."""
+    inputs = {}
+    for split in EVAL_SPLITS:
+        inputs[f"store_{split}"] = results(f"priors/{split}.h5")
+        inputs[f"ensembles_{split}"] = get_ensemble_files(split)
+        inputs[f"baselines_{split}"] = get_baseline_files(split)
+    return inputs
+
+
+def get_baseline_files(split):
+    """Baseline fields on `split`: interpolations, the deterministic U-Net (and its constrained
+    form) and the ablations."""
     methods = [
         *config["evaluate"]["baselines"],
         *constrained(["deterministic"]),
@@ -164,10 +180,9 @@ def get_baseline_files():
     return [results(f"baselines/{split}_{m}.nc") for m in methods]
 
 
-def get_ensemble_files():
-    """Ensembles on the evaluation split: plain, guided (evaluate.guidance.stability > 0), and
-    the constrained form of each (model.constraint)."""
-    split = config["evaluate"]["split"]
+def get_ensemble_files(split):
+    """Ensembles on `split`: plain, guided (evaluate.guidance.stability > 0), and the constrained
+    form of each (model.constraint)."""
     guided = (
         ["ensemble_guided"] if config["evaluate"]["guidance"]["stability"] > 0 else []
     )

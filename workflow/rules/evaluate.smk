@@ -94,9 +94,7 @@ rule baselines:
 
 rule metrics:
     input:
-        store=results(f"priors/{config['evaluate']['split']}.h5"),
-        ensembles=get_ensemble_files(),
-        baselines=get_baseline_files(),
+        unpack(get_metrics_input),
     output:
         metrics=report(
             results("metrics.csv"), caption="../report/metrics.rst", category="Scores"
@@ -125,6 +123,7 @@ rule metrics:
         mem_mb=4000,
         runtime=30,
     params:
+        splits=EVAL_SPLITS,
         config_hash=config_hash(HASHES),
         map_level=config["evaluate"]["map_level"],
         map_time=config["evaluate"]["map_time"],

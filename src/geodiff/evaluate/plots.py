@@ -78,6 +78,27 @@ def plot_profiles(table: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+def plot_climate_shift(table: pd.DataFrame, split: str, path: Path, shift: str = "test_shift") -> None:
+    """Per level, of every point forecast (ensembles: their mean): the degradation ratio RMSE(`shift`)/RMSE(`split`)
+    and the change-signal ratio (downscaled over true change of the mean temperature, `shift` minus `split`)."""
+    levels = table[table["level"] != "all"]
+    rmse = levels[levels["metric"] == "rmse"].pivot_table(index=["method", "level"], columns="split", values="value")
+    degradation = (rmse[shift] / rmse[split]).rename("value").reset_index()
+    change = levels[levels["metric"] == "change_ratio"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 5), sharey=True, constrained_layout=True)
+    for ax, rows, label in zip(axes, (degradation, change), (f"RMSE {shift} / RMSE {split}", "change ratio")):
+        for method, group in rows.groupby("method"):
+            if method.endswith("_member"):
+                continue
+            ax.plot(group["value"], group["level"].astype(float), marker="o", label=method)
+        ax.axvline(1.0, color="k", linewidth=0.6)  # no degradation; the whole signal kept
+        ax.set_xlabel(label)
+    axes[0].invert_yaxis()
+    axes[0].set_ylabel("pressure (hPa)")
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    _save(fig, path)
+
+
 def box_km(field: xr.DataArray) -> float:
     """Side of the square with the area of the lat-lon box of `field`, km (the length the radial
     wavenumbers of :func:`geodiff.evaluate.metrics.radial_power` count cycles over)."""
