@@ -80,6 +80,10 @@ BAD = {
         [('test:  {start: "2001-03-01", end: "2001-03-10"}', 'test:  {start: "2001-03-01", end: "2001-04-10"}')],
         "splits.test lies outside data.period 2001-01..2001-03",
     ),
+    "test_shift_overlap": (
+        [('test_shift: {start: "2001-03-11"', 'test_shift: {start: "2001-03-08"')],
+        "splits.test and splits.test_shift overlap",
+    ),
     "guidance_steps": (
         [("last_steps: 2", "last_steps: 7")],
         "evaluate.guidance.last_steps 7 exceeds evaluate.sampler_steps 6",

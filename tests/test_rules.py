@@ -161,7 +161,7 @@ def edited(config: dict, key: str, value) -> dict:
     return out
 
 
-STORES = {"store_train", "store_val", "store_test"}
+STORES = {"store_train", "store_val", "store_test", "store_test_shift"}
 MODELS = {"deterministic", "residual", "ablation_no_priors"}
 SAMPLES = {"sample", "sample_guided"}
 
@@ -182,7 +182,10 @@ SAMPLES = {"sample", "sample_guided"}
         ("data.cds.local_download", True, set()),
         ("data.period.end", "2001-04", set()),
         ("data.period.start", "2000-12", {"statics"}),
-        ("splits.test.end", "2001-03-12", {"store_test"}),
+        ("splits.test.end", "2001-03-09", {"store_test"}),
+        ("splits.test_shift.end", "2001-03-19", {"data", "regrid"} | STORES),  # the synthetic months are shifted there
+        ("data.synthetic_shift.aloft_warming", 5.0, {"data", "regrid"} | STORES),
+        ("data.synthetic_shift.inversion_offset", 0.0, {"data", "regrid"} | STORES),
         ("splits.train.start", "2001-01-02", {"store_train"}),
         ("regrid.upsample", "bilinear", {"regrid_weights", "regrid"} | STORES),
         ("priors.names", ["theta"], STORES | MODELS | SAMPLES),
@@ -198,6 +201,25 @@ def test_a_setting_changes_the_hash_of_exactly_the_artifacts_it_shapes(key, valu
     before, after = stage_hashes(config), stage_hashes(edited(config, key, value))
     assert set(before) == set(after)
     assert {stage for stage in before if before[stage] != after[stage]} == changed
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "changed"),
+    [("splits.test_shift.end", "2001-03-19", {"store_test_shift"}), ("data.synthetic_shift.surface_warming", 5.0, set())],
+)
+def test_real_data_is_not_shifted(key, value, changed):
+    """With a real source the test_shift split is only a later period: the shift's settings shape nothing."""
+    config = edited(resolved_test_config(), "data.source", "cds")
+    before, after = stage_hashes(config), stage_hashes(edited(config, key, value))
+    assert {stage for stage in before if before[stage] != after[stage]} == changed
+
+
+def test_without_test_shift_there_is_no_such_store_and_no_shift():
+    config = resolved_test_config()
+    del config["splits"]["test_shift"]
+    hashes = stage_hashes(config)
+    assert "store_test_shift" not in hashes
+    assert hashes["data"] == stage_hashes(edited(config, "data.synthetic_shift.aloft_warming", 5.0))["data"]
 
 
 def test_a_model_records_the_hash_of_its_rule_params():

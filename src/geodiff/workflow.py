@@ -20,7 +20,8 @@ from geodiff.constants import STORE_LAYOUT
 from geodiff.provenance import config_hash
 from geodiff.train.config import stage_config
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "test_shift")
+"""Every split a config may define; test_shift (a later, shifted test period) is optional."""
 
 
 class ConfigError(ValueError):
@@ -125,6 +126,11 @@ def months_in_period(period: Mapping[str, str]) -> list[str]:
     return [p.strftime("%Y-%m") for p in pd.period_range(start, end, freq="M")]
 
 
+def splits_of(config: Mapping[str, Any]) -> list[str]:
+    """The splits of :data:`SPLITS` that the config defines (train, val, test, and test_shift when given)."""
+    return [s for s in SPLITS if s in config["splits"]]
+
+
 def split_bounds(config: Mapping[str, Any], split: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     """First instant and the instant after the last day of a split."""
     period = config["splits"][split]
@@ -143,21 +149,21 @@ def months_of_split(config: Mapping[str, Any], split: str, months: list[str]) ->
 
 
 def check_splits(config: Mapping[str, Any]) -> None:
-    """Refuse overlapping splits and splits outside the downloaded period, naming the keys."""
-    bounds = {s: split_bounds(config, s) for s in SPLITS}
-    for s, (start, stop) in bounds.items():
-        if stop <= start:
-            raise ConfigError(f"splits.{s}: end is before start")
-    for i, a in enumerate(SPLITS):
-        for b in SPLITS[i + 1 :]:
-            (a0, a1), (b0, b1) = bounds[a], bounds[b]
-            if a0 < b1 and b0 < a1:
-                raise ConfigError(f"splits.{a} and splits.{b} overlap")
+    """Refuse reversed or overlapping splits and splits outside the downloaded period, naming the keys
+    (every problem at once: a split moved past data.period may also overlap test_shift)."""
+    splits = splits_of(config)
+    bounds = {s: split_bounds(config, s) for s in splits}
+    backwards = [f"splits.{s}: end is before start" for s, (start, stop) in bounds.items() if stop <= start]
+    if backwards:
+        raise ConfigError("; ".join(backwards))
+    problems = [f"splits.{a} and splits.{b} overlap" for i, a in enumerate(splits) for b in splits[i + 1 :]
+                if bounds[a][0] < bounds[b][1] and bounds[b][0] < bounds[a][1]]
     months = months_in_period(config["data"]["period"])
     first, last = pd.Timestamp(f"{months[0]}-01"), pd.Timestamp(f"{months[-1]}-01") + pd.offsets.MonthBegin(1)
-    for s, (start, stop) in bounds.items():
-        if start < first or stop > last:
-            raise ConfigError(f"splits.{s} lies outside data.period {months[0]}..{months[-1]}")
+    problems += [f"splits.{s} lies outside data.period {months[0]}..{months[-1]}"
+                 for s, (start, stop) in bounds.items() if start < first or stop > last]
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 # --- what defines each artifact ------------------------------------------------------------
@@ -192,30 +198,41 @@ SAMPLE_KEYS = ("ensemble_size", "sampler", "sampler_steps", "s_churn")
 
 
 def _data_keys(config: Mapping[str, Any]) -> dict:
-    """`data` without its period (a month is named by its file) and without how a download runs."""
-    data = {k: copy.deepcopy(v) for k, v in config["data"].items() if k != "period"}
+    """`data` without its period (a month is named by its file), without how a download runs and
+    without the synthetic shift (added where it shapes the months, :func:`shifts_synthetic`)."""
+    data = {k: copy.deepcopy(v) for k, v in config["data"].items() if k not in ("period", "synthetic_shift")}
     if "cds" in data:
         data["cds"] = {k: v for k, v in data["cds"].items() if k not in CDS_RUN_ONLY}
     return data
+
+
+def shifts_synthetic(config: Mapping[str, Any]) -> bool:
+    """Whether the months are the synthetic atmosphere shifted in splits.test_shift (data.synthetic_shift);
+    real data of that split is simply a later period."""
+    return config["data"].get("source", "synthetic") == "synthetic" and "test_shift" in config["splits"]
 
 
 def stage_configs(config: Mapping[str, Any]) -> dict[str, dict]:
     """The config keys that define each artifact, and nothing else: a stage's hash is a param of its
     rules, so a key that does not change their output would rerun them for nothing.
 
-    data: a raw month; statics: the fine-grid statics (requested for the period's first hour);
+    data: a raw month (also splits.test_shift and data.synthetic_shift when they shift the synthetic
+    months, :func:`shifts_synthetic`); statics: the fine-grid statics (requested for the period's first hour);
     regrid_weights: the weights of each method; regrid: a coarse month; store_<split>: the HDF5
-    store of a split (its own period only; val/test also read the train store's statistics,
+    store of a split (its own period only; the others read the train store's statistics,
     through their input); deterministic, residual, ablation_<name>: the models (the training
     rule's params, :func:`training_config`); sample: the ensemble; sample_guided: the ensemble
     drawn with stability guidance.
     """
     data = {"seed": config["seed"], "data": _data_keys(config), "grid": config["grid"], "levels": config["levels"]}
     statics = {**data, "data": {**data["data"], "period": {"start": config["data"]["period"]["start"]}}}
+    if shifts_synthetic(config):  # the months' times in splits.test_shift are generated shifted
+        data = {**data, "data": {**data["data"], "synthetic_shift": config["data"]["synthetic_shift"]},
+                "splits": {"test_shift": config["splits"]["test_shift"]}}
     regrid = {**data, "regrid": config["regrid"]}
     stages = {"data": data, "statics": statics, "regrid_weights": {"grid": config["grid"], "regrid": config["regrid"]},
               "regrid": regrid}
-    for split in SPLITS:
+    for split in splits_of(config):
         stages[f"store_{split}"] = {**regrid, "priors": config["priors"], "period": config["splits"][split],
                                     "store_layout": STORE_LAYOUT}
     stages["deterministic"] = training_config(config, "deterministic")

@@ -10,6 +10,7 @@ from geodiff.workflow import (
     local_files_by_month,
     months_in_period,
     months_of_split,
+    splits_of,
     stage_configs,
     stage_hashes,
     training_config,
@@ -21,7 +22,7 @@ export_source_path(workflow.basedir)
 
 RUN = f"{config['results']}/{config['run_name']}"
 MONTHS = months_in_period(config["data"]["period"])
-SPLITS = ["train", "val", "test"]
+SPLITS = splits_of(config)  # train, val, test and, when configured, test_shift
 UPSAMPLERS = ["bicubic", "bilinear"]
 ABLATIONS = config["ablations"]
 HASHES = stage_hashes(config)

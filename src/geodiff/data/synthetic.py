@@ -12,7 +12,11 @@ Deterministic from `config["seed"]`, physically consistent, and hard to downscal
 * moving fronts (tanh steps narrower than a coarse cell, tilted with height);
 * small-scale perturbations with a k^-5/3 energy spectrum, AR(1) in time;
 * geopotential z = g Z, with Z from the hypsometric equation of the final
-  temperature (DESIGN.md section 5), so z and T are exactly consistent.
+  temperature (DESIGN.md section 5), so z and T are exactly consistent;
+* a climate shift (`data.synthetic_shift`) in the times of ``splits.test_shift``
+  only (:func:`shift_fields`): warming amplified aloft, a changed lapse rate and
+  more frequent low-level inversions; every other time is bit-identical to the
+  unshifted atmosphere.
 
 Each month is generated independently from (seed, year, month), so months fan
 out in parallel; the large-scale fields are analytic in absolute time and so
@@ -31,6 +35,7 @@ from geodiff.constants import CF_ATTRS, G, LAT, LEVEL, LON, TIME
 from geodiff.data.canonical import month_times
 from geodiff.data.grid import Grid
 from geodiff.physics.thermo import hypsometric_height
+from geodiff.train.config import config_value
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,8 @@ T_TROPOPAUSE_MIN = 208.0
 TROPOPAUSE_SMOOTH = 1.5
 """Temperature scale of the smooth transition into the stratosphere, K."""
 EPOCH = np.datetime64("2000-01-01T00:00")
+SHIFT_KEYS = ("surface_warming", "aloft_warming", "lapse_rate_change", "inversion_offset")
+"""Keys of `data.synthetic_shift` (units and meaning in workflow/schemas/config.schema.yaml)."""
 
 
 def fractal_field(rng: np.random.Generator, shape: tuple[int, ...], slope: float) -> np.ndarray:
@@ -106,6 +113,30 @@ def _large_scale(days: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> dict[str
     return dict(t_sl=t_sl, gamma=gamma, z_1000=z_1000, z_tp=z_tp, diurnal=diurnal, season=season, front_phase=front_phase)
 
 
+def in_test_shift(config: dict, times: np.ndarray) -> np.ndarray:
+    """Whether each time lies in ``splits.test_shift`` (from its first day 00 UTC to the end of its
+    last day); all False when the config has no such split."""
+    period = config.get("splits", {}).get("test_shift")
+    if period is None:
+        return np.zeros(len(times), dtype=bool)
+    start = np.datetime64(period["start"], "D")
+    stop = np.datetime64(period["end"], "D") + np.timedelta64(1, "D")
+    return (times >= start) & (times < stop)
+
+
+def shift_fields(config: dict, times: np.ndarray) -> dict[str, np.ndarray | float]:
+    """`data.synthetic_shift` over [time, 1, 1, 1]: its values at the times of ``splits.test_shift``,
+    exactly 0.0 elsewhere (so those times are computed bit for bit as without a shift).
+
+    Read only when a time of the month is shifted; the config is then the one validated
+    against the schema (which fills in the shift's defaults).
+    """
+    inside = in_test_shift(config, times)[:, None, None, None]
+    if not inside.any():
+        return dict.fromkeys(SHIFT_KEYS, 0.0)
+    return {key: np.where(inside, float(config_value(config, f"data.synthetic_shift.{key}")), 0.0) for key in SHIFT_KEYS}
+
+
 def synthetic_month(config: dict, year: int, month: int) -> xr.Dataset:
     """One month of the synthetic atmosphere in canonical form (DESIGN.md section 3)."""
     grid = Grid.from_config(config["grid"]["hr"])
@@ -119,14 +150,20 @@ def synthetic_month(config: dict, year: int, month: int) -> xr.Dataset:
 
     rng = np.random.default_rng([int(config["seed"]), year, month])
     noise = _ar1_noise(rng, (len(times), len(levels), *grid.shape), rho_time=0.8, rho_level=0.7)
+    shift = shift_fields(config, times.values)
+    gamma = f["gamma"] + 1e-3 * shift["lapse_rate_change"]  # K m-1; the tropopause stays at z_tp
+    # a longer, deeper night-time branch: the boundary layer's amplitude rises with `diurnal`, so lowering
+    # it lowers the amplitude at every time and land point, steepening the warming with height above the
+    # ground everywhere, so the set of points where T rises with height only grows
+    diurnal = f["diurnal"] - shift["inversion_offset"]
 
     def temperature(z: np.ndarray) -> np.ndarray:
-        free = f["t_sl"] - f["gamma"] * z
-        t_tp = f["t_sl"] - f["gamma"] * f["z_tp"]
+        free = f["t_sl"] - gamma * z
+        t_tp = f["t_sl"] - gamma * f["z_tp"]
         strat = t_tp + 1e-3 * (z - f["z_tp"])
         above_ground = np.clip(z - orog, 0.0, None)
         # boundary layer over land: +6 K in the afternoon, -8 K night-time inversion, stronger in summer
-        amp = lsm * (np.where(f["diurnal"] > 0, 6.0, 8.0) * f["diurnal"]) * (1.0 + 0.3 * f["season"])
+        amp = lsm * (np.where(diurnal > 0, 6.0, 8.0) * diurnal) * (1.0 + 0.3 * f["season"])
         bl = amp * np.exp(-above_ground / H_BL)
         tilt = 5e-5 * z  # fronts lean about 1 degree of longitude per km of height, radians of phase per m
         front = FRONT_JUMP * np.tanh(np.sin(f["front_phase"] + tilt) / np.deg2rad(FRONT_WIDTH_DEG * 3))
@@ -134,7 +171,10 @@ def synthetic_month(config: dict, year: int, month: int) -> xr.Dataset:
         # smooth maximum (log-sum-exp over TROPOPAUSE_SMOOTH K): its lapse rate is a convex
         # combination of the two, so the tropopause never makes the column super-adiabatic
         base = np.logaddexp(free / TROPOPAUSE_SMOOTH, strat / TROPOPAUSE_SMOOTH) * TROPOPAUSE_SMOOTH
-        return base + bl + front + NOISE_RMS * noise
+        # upper-tropospheric amplification: linear in height from sea level to z_tp, constant above
+        aloft = np.clip(z / f["z_tp"], 0.0, 1.0)
+        warming = shift["surface_warming"] + (shift["aloft_warming"] - shift["surface_warming"]) * aloft
+        return base + bl + front + NOISE_RMS * noise + warming
 
     z_std = 44330.8 * (1.0 - (levels / 1013.25) ** 0.190263)  # standard atmosphere, m
     height = np.broadcast_to(z_std[None, :, None, None], noise.shape) + f["z_1000"]
