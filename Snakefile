@@ -1,18 +1,10 @@
 # GeoDiff: coarse temperature on pressure levels -> fine fields, as one workflow.
 # See README.md; every key is described in workflow/schemas/config.schema.yaml.
-import os
-
 from snakemake.utils import min_version, validate
 
 from geodiff.workflow import check_config, check_keys
 
 min_version("9.0")
-
-# Every job imports geodiff from this checkout: the per-rule conda envs (envs/*.yaml) do not
-# install it, and local and SLURM jobs inherit this process's environment.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (f"{workflow.basedir}/src", os.environ.get("PYTHONPATH")) if p
-)
 
 
 configfile: "config/config.yaml"

@@ -399,7 +399,8 @@ def test_gpu_env_is_the_cpu_env_with_the_cuda_build() -> None:
 
 
 def test_jobs_import_geodiff_from_the_checkout(tmp_path: Path) -> None:
-    """The envs do not install geodiff: every job gets the checkout's src/ on PYTHONPATH from the Snakefile."""
+    """The envs do not install geodiff: every job gets the checkout's src/ on PYTHONPATH (common.smk,
+    geodiff.workflow.export_source_path)."""
     from workflow_run import copy_workflow, snakemake
 
     repo = copy_workflow(tmp_path)
