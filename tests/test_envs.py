@@ -407,4 +407,4 @@ def test_jobs_import_geodiff_from_the_checkout(tmp_path: Path) -> None:
     with open(repo / "Snakefile", "a") as fh:
         fh.write('\n\nrule probe:\n    output:\n        "probe.txt",\n    shell:\n        "echo $PYTHONPATH > {output}"\n')
     snakemake(repo, "probe.txt", "--cores", "1", "--configfile", "config/test.yaml")
-    assert str(repo / "src") in (repo / "probe.txt").read_text().split(":")
+    assert str(repo / "src") in (repo / "probe.txt").read_text().strip().split(":")
