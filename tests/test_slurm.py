@@ -125,7 +125,7 @@ def test_snakemake_mpi_rule_runs_ddp(slurm_cluster: ClusterInfo, tmp_path: Path)
     # what the training rules do: profiles/slurm submits the job, its shell starts the ranks with srun
     shutil.copytree(REPO / "profiles", tmp_path / "profiles")
     (tmp_path / "Snakefile").write_text(DDP_SNAKEFILE.format(python=sys.executable, worker=WORKER))
-    cmd = [str(VENV_BIN / "snakemake"), "--profile", "profiles/slurm", *FAST_POLLING, *NO_RETRIES]
+    cmd = [str(VENV_BIN / "snakemake"), "--profile", "profiles/slurm", *FAST_POLLING, *NO_RETRIES, *NO_CONDA]
     proc = run_group(cmd, timeout=180, env=clean_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert "SLURM jobid" in proc.stdout, proc.stdout[-3000:]
