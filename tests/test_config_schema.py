@@ -15,7 +15,7 @@ def load(name: str) -> dict:
     return yaml.safe_load((ROOT / "config" / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "era5.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "era5.yaml", "alpine.yaml"])
 def test_shipped_configs_pass(name):
     config = load(name)
     check_keys(config, SCHEMA)

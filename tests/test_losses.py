@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from geodiff.constants import G, KAPPA, R_D
-from geodiff.model.losses import PhysicsLoss, charbonnier, coupling_loss, gradient_loss, stability_loss
+from geodiff.model.losses import PhysicsLoss, charbonnier, coupling_loss, gradient_loss, ramp_factor, stability_loss
 from geodiff.physics.thermo import hypsometric_height
 
 LEVELS = torch.tensor([1000.0, 925.0, 850.0, 700.0, 500.0, 300.0, 200.0], dtype=torch.float64)
@@ -183,3 +183,24 @@ def test_masked_terms_average_over_the_present_truth_only():
     x = x_pred.detach().clone().requires_grad_(True)
     only_charbonnier(x, x_true, mask=mask)[0].backward()
     assert float(x.grad[mask == 0].abs().max()) == 0.0 and float(x.grad[mask > 0].abs().min()) > 0
+
+
+def test_ramp_scales_the_physics_weights_only():
+    """r(f) = clip((f − a)/(b − a), 0, 1): the total at progress f equals the data term plus r(f) times
+    the physics terms evaluated without a ramp; before a only the data term is evaluated."""
+    assert [ramp_factor(f, (0.5, 0.75)) for f in (0.0, 0.5, 0.625, 0.75, 1.0)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+    assert ramp_factor(0.0, (0.0, 0.0)) == 1.0 and ramp_factor(0.29, (0.3, 0.3)) == 0.0 == 1.0 - ramp_factor(0.3, (0.3, 0.3))
+    with pytest.raises(ValueError, match="ramp"):
+        ramp_factor(0.5, (0.6, 0.4))
+    mean, std = PROFILE.float(), torch.full((LEVELS.numel(),), 5.0)
+    t_true, t_pred = columns(seed=8), columns(seed=9)
+    z = (G * hypsometric_height(t_true, LEVELS, z_bottom=50.0)).float()
+    x_true, x_pred = normalised(t_true, PROFILE, std.double()), normalised(t_pred, PROFILE, std.double())
+    plain = PhysicsLoss(WEIGHTS, 0.01, LEVELS, mean, std)
+    ramped = PhysicsLoss(WEIGHTS, 0.01, LEVELS, mean, std, ramp=(0.5, 0.75))
+    _, terms = plain(x_pred, x_true, z)
+    physics = sum(WEIGHTS[n] * terms[n] for n in ("stability", "gradient", "coupling"))
+    for progress, r in ((0.2, 0.0), (0.6, 0.4), (0.9, 1.0)):
+        total, ramped_terms = ramped(x_pred, x_true, z, progress=progress)
+        torch.testing.assert_close(total, terms["charbonnier"] + r * physics)
+    assert set(ramped(x_pred, x_true, z, progress=0.2)[1]) == {"charbonnier"}

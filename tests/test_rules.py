@@ -174,6 +174,7 @@ SAMPLES = {"sample", "sample_guided"}
         ("train.ema_decay", 0.5, {"residual", *SAMPLES}),
         ("model.width", 12, {"deterministic", "ablation_no_priors", *SAMPLES}),
         ("loss.gradient.weight", 0.3, {"deterministic", "ablation_no_priors", *SAMPLES}),
+        ("loss.ramp", [0.25, 0.5], {"deterministic", "ablation_no_priors", *SAMPLES}),
         ("train.lr", 1e-4, MODELS | SAMPLES),
         ("train.device", "cuda", set()),
         ("train.checkpoint_every", 7, set()),
@@ -231,6 +232,14 @@ def test_a_model_records_the_hash_of_its_rule_params():
         params = yaml.safe_load(yaml.safe_dump(training_config(config, stage, ablation)))  # as the CLI reads them
         assert TrainConfig.from_config(params, stage).hash == hashes[name]
     assert TrainConfig.from_config(config, "residual").hash == hashes["residual"]  # the resolved config: the same
+
+
+def test_no_physics_loss_zeroes_the_physics_weights_and_keeps_the_rest():
+    config = edited(resolved_test_config(), "loss.ramp", [0.25, 0.5])
+    loss = training_config(config, "deterministic", "no_physics_loss")["loss"]
+    assert {term: loss[term]["weight"] for term in ("stability", "gradient", "coupling")} == dict.fromkeys(
+        ("stability", "gradient", "coupling"), 0.0)
+    assert loss["charbonnier"] == config["loss"]["charbonnier"] and loss["ramp"] == [0.25, 0.5]
 
 
 def rule_params() -> dict[str, tuple[str, set[str]]]:

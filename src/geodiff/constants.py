@@ -39,3 +39,7 @@ STORE_LAYOUT = 3
 coordinates added; 3: a split's store is virtual datasets over one file per month). Part of the
 store stage's config hash, so a store of an older layout is rebuilt, and a global attribute of
 the store."""
+
+PHYSICS_TERMS = ("stability", "gradient", "coupling")
+"""The physics terms of the U-Net's loss (config loss.<term>): what the no_physics_loss ablation
+switches off and loss.ramp ramps in; the Charbonnier data term is the other one."""

@@ -16,7 +16,7 @@ import yaml
 
 from geodiff import __version__
 from geodiff.atomic import atomic_write
-from geodiff.constants import STORE_LAYOUT
+from geodiff.constants import PHYSICS_TERMS, STORE_LAYOUT
 from geodiff.provenance import config_hash
 from geodiff.train.config import stage_config
 
@@ -187,7 +187,7 @@ def training_config(config: Mapping[str, Any], stage: str, ablation: str | None 
     if ablation == "no_priors":
         out["model"]["use_priors"] = False
     elif ablation == "no_physics_loss":
-        out["loss"] = {k: {**v, "weight": 0.0} if k != "charbonnier" else v for k, v in out["loss"].items()}
+        out["loss"] = {k: {**v, "weight": 0.0} if k in PHYSICS_TERMS else v for k, v in out["loss"].items()}
     elif ablation is not None:
         raise ValueError(f"unknown ablation {ablation!r}: {sorted(ABLATIONS)}")
     return out

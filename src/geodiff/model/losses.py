@@ -11,6 +11,11 @@ The data terms act on normalised temperatures; the physics terms on temperatures
 compare their diagnostics in scaled units so that every term is O(1). Levels are on
 axis −3 ([..., L, H, W]), ordered surface-upward, with pressures in hPa.
 
+Ramp-in: with ``ramp = (a, b)`` the physics terms' weights are scaled by
+r(f) = clip((f − a)/(b − a), 0, 1) at training progress f = step/steps: the data term fits
+alone until a, the physics terms reach their full weight at b (curriculum; Bengio, Louradour,
+Collobert & Weston 2009). ``(0, 0)`` gives r = 1 throughout.
+
 Missing truth: every term takes an optional `mask` shaped like the target (1 where
 the truth is present, 0 where it is missing) and averages over the present points
 only; a vertical term (stability, coupling) drops a column where any level is missing,
@@ -27,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from geodiff.constants import G
+from geodiff.constants import G, PHYSICS_TERMS
 from geodiff.physics.thermo import layer_thickness, potential_temperature, static_stability
 
 log = logging.getLogger(__name__)
@@ -128,14 +133,27 @@ def coupling_loss(t_pred: torch.Tensor, z_true: torch.Tensor, p_hpa: torch.Tenso
     return charbonnier(dz_t / THICKNESS_SCALE, dz_z / THICKNESS_SCALE, eps, column_mask(mask))
 
 
+def ramp_factor(progress: float, ramp: tuple[float, float]) -> float:
+    """r(f) = clip((f − a)/(b − a), 0, 1) for ramp (a, b), 0 ≤ a ≤ b; a step at a when a = b (1 from f = a on)."""
+    start, end = ramp
+    if not 0.0 <= start <= end:
+        raise ValueError(f"loss ramp needs 0 <= start <= end, got {ramp}")
+    if progress >= end:
+        return 1.0
+    if progress <= start:
+        return 0.0
+    return (progress - start) / (end - start)
+
+
 class PhysicsLoss(nn.Module):
     """Total loss Σ_k w_k · term_k of the terms whose weight is non-zero.
 
-    forward(pred_norm, target_norm, z=None, mask=None) on normalised temperatures
-    [..., L, H, W] returns (total, {term: detached value}); coupling needs z (m2 s-2,
-    shaped like pred) and is skipped without it; `mask` (1 present, 0 missing truth,
-    shaped like the target) restricts every term to the present truth. Physics terms
-    are evaluated in float64.
+    forward(pred_norm, target_norm, z=None, mask=None, progress=1.0) on normalised
+    temperatures [..., L, H, W] returns (total, {term: detached value}); coupling needs z
+    (m2 s-2, shaped like pred) and is skipped without it; `mask` (1 present, 0 missing
+    truth, shaped like the target) restricts every term to the present truth; `progress`
+    (step/steps) sets the ramp factor of the physics weights. Physics terms are evaluated
+    in float64; a term whose ramped weight is 0 is not evaluated.
     """
 
     def __init__(
@@ -145,6 +163,7 @@ class PhysicsLoss(nn.Module):
         levels_hpa: Any,  # level pressures [L], hPa, surface upward
         mean: torch.Tensor,  # per-level mean of the temperature [L], K
         std: torch.Tensor,  # per-level standard deviation of the temperature [L], K
+        ramp: tuple[float, float] = (0.0, 0.0),  # training fractions (a, b) over which the physics weights rise 0 -> 1
     ) -> None:
         super().__init__()
         unknown = set(weights) - set(TERMS)
@@ -152,6 +171,8 @@ class PhysicsLoss(nn.Module):
             raise ValueError(f"unknown loss terms {sorted(unknown)}; known: {TERMS}")
         self.weights = {name: float(weights[name]) for name in TERMS if name in weights}
         self.eps = float(eps)
+        self.ramp = (float(ramp[0]), float(ramp[1]))
+        ramp_factor(1.0, self.ramp)  # checks the ramp
         self.register_buffer("p_hpa", torch.as_tensor(levels_hpa, dtype=torch.float64).reshape(-1))
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float64).reshape(-1, 1, 1))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float64).reshape(-1, 1, 1))
@@ -163,9 +184,11 @@ class PhysicsLoss(nn.Module):
 
     def forward(
         self, pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None, progress: float = 1.0,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        active = {name for name, w in self.weights.items() if w != 0.0}
+        r = ramp_factor(progress, self.ramp)
+        weights = {name: w * r if name in PHYSICS_TERMS else w for name, w in self.weights.items()}
+        active = {name for name, w in weights.items() if w != 0.0}
         if z is None:
             active.discard("coupling")
         terms: dict[str, torch.Tensor] = {}
@@ -180,5 +203,5 @@ class PhysicsLoss(nn.Module):
                 terms["stability"] = stability_loss(t_pred, t_true, self.p_hpa, self.eps, mask).to(pred.dtype)
             if "coupling" in active:
                 terms["coupling"] = coupling_loss(t_pred, z.double(), self.p_hpa, self.eps, mask).to(pred.dtype)
-        total = sum((self.weights[name] * value for name, value in terms.items()), pred.new_zeros(()))
+        total = sum((weights[name] * value for name, value in terms.items()), pred.new_zeros(()))
         return total, {name: value.detach() for name, value in terms.items()}

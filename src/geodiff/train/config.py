@@ -86,6 +86,7 @@ class TrainConfig:
     crop: int | None  # side of the random square training patches, fine cells (None: whole fields)
     loss_weights: dict[str, float] | None  # weight of each PhysicsLoss term (deterministic only)
     charbonnier_eps: float | None  # ε of every Charbonnier penalty, scaled units (deterministic only)
+    loss_ramp: tuple[float, float] | None  # training fractions over which the physics weights ramp in (deterministic only)
     ema_decay: float | None  # EMA decay of the diffusion model's weights (residual only)
 
     @classmethod
@@ -111,6 +112,7 @@ class TrainConfig:
             loss_weights={term: float(get(f"loss.{term}.weight"))
                           for term in ("charbonnier", "stability", "gradient", "coupling")} if deterministic else None,
             charbonnier_eps=float(get("loss.charbonnier.eps")) if deterministic else None,
+            loss_ramp=tuple(float(f) for f in get("loss.ramp")) if deterministic else None,
             ema_decay=None if deterministic else float(get("train.ema_decay")),
         )
 

@@ -174,7 +174,7 @@ def _build(stage: str, cfg: TrainConfig, ctx: DistContext, train_path: str, dete
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total))
     physics = ema = None
     if stage == "deterministic":
-        physics = PhysicsLoss(cfg.loss_weights, cfg.charbonnier_eps, levels, mean, std).to(ctx.device)
+        physics = PhysicsLoss(cfg.loss_weights, cfg.charbonnier_eps, levels, mean, std, cfg.loss_ramp).to(ctx.device)
     else:
         ema = EMA(model, decay=cfg.ema_decay)
     return Run(stage, cfg, ctx, train_path, loader, sampler, len(loader), levels, model, net, optimizer, scheduler,
@@ -310,7 +310,7 @@ def _stage_loss(run: Run, batch: dict) -> tuple[torch.Tensor, dict]:
     mask = truth_mask(batch)
     if run.stage == "deterministic":
         pred = run.net(batch["lr_up"], batch["static"], batch["priors"])
-        return run.physics(pred[:, 0], batch["hr"][:, 0], batch.get("z"), mask[:, 0])
+        return run.physics(pred[:, 0], batch["hr"][:, 0], batch.get("z"), mask[:, 0], run.step / run.cfg.steps)
     with torch.no_grad():
         det = run.deterministic(batch["lr_up"], batch["static"], batch["priors"])
     r = run.model.scale(batch["hr"] - det)
