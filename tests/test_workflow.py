@@ -178,8 +178,8 @@ def test_report_opens_in_chromium_with_every_figure_and_the_tables(run, chromium
         assert page.locator("tr", has_text="summary.csv").count() == 1
         held = dict(page.evaluate("Object.values(results).map(r => [r.filename, r.data_uri])"))
         images = {name: uri for name, uri in held.items() if name.endswith(".png")}
-        assert set(images) == {"maps.png", "profiles.png", "spectra.png", "rank_histograms.png", "spread_skill.png",
-                               "training.png"}
+        assert set(images) == {"climate_shift.png", "maps.png", "profiles.png", "spectra.png", "rank_histograms.png",
+                               "spread_skill.png", "training.png"}
         sizes = page.evaluate(
             "uris => Promise.all(uris.map(u => { const img = new Image(); img.src = u;"
             " return img.decode().then(() => [img.naturalWidth, img.naturalHeight]); }))",
@@ -281,7 +281,7 @@ def test_resolved_config_and_every_artifact_record_their_provenance(run):
     assert resolved["run_name"] == "test" and resolved["geodiff_version"]
     assert resolved["train"]["checkpoint_every"] == 20 and resolved["regrid"]["backend"] == "auto"  # schema defaults in
     stages = {"data", "statics", "regrid_weights", "regrid", "store_train", "store_val", "store_test",
-              "deterministic", "residual", "ablation_no_priors", "sample", "sample_guided"}
+              "store_test_shift", "deterministic", "residual", "ablation_no_priors", "sample", "sample_guided"}
     assert set(hashes) == stages and len(set(hashes.values())) == len(stages)
     artifacts = sorted((run / RUN).rglob("*.nc")) + sorted((run / RUN).rglob("*.h5"))
     assert len(artifacts) == 26  # 4 raw, 3 weights, 3 regrid, 4 store months, 3 stores, 5 baselines, 4 ensembles
@@ -322,10 +322,11 @@ def planned_after(run, name: str, replacements: list[tuple[str, str]], *targets:
 FIGURES = [f"figures/{name}.png" for name in ["climate_shift", "maps", "profiles", "rank_histograms", "spectra",
                                               "spread_skill"]]
 SCORES = [*FIGURES, "metrics.csv", "metrics_by_level.csv", "summary.csv", "summary.md"]
-EVALUATION = ["baselines/test_ablation_no_priors.nc", "baselines/test_deterministic.nc",
-              "baselines/test_deterministic_constrained.nc", *SCORES]
-SAMPLES = ["samples/test_ensemble.nc", "samples/test_ensemble_constrained.nc", "samples/test_ensemble_guided.nc",
-           "samples/test_ensemble_guided_constrained.nc"]
+EVAL_SPLITS = ["test", "test_shift"]
+EVALUATION = [*(f"baselines/{split}_{name}.nc" for split in EVAL_SPLITS
+                for name in ["ablation_no_priors", "deterministic", "deterministic_constrained"]), *SCORES]
+SAMPLES = [f"samples/{split}_{name}.nc" for split in EVAL_SPLITS
+           for name in ["ensemble", "ensemble_constrained", "ensemble_guided", "ensemble_guided_constrained"]]
 
 
 @pytest.mark.parametrize(
@@ -356,9 +357,10 @@ def test_a_month_more_downloads_and_regrids_that_month_only(run):
 
 
 def test_moving_the_test_split_rebuilds_its_store_only(run):
-    planned = planned_after(run, "test_split", [('end: "2001-03-10"', 'end: "2001-03-12"')])
-    assert planned == sorted([*EVALUATION, "baselines/test_bicubic.nc", "baselines/test_bilinear.nc",
-                              "priors/test.h5", "priors/test/2001-03.h5", *SAMPLES])
+    planned = planned_after(run, "test_split", [('end: "2001-03-10"', 'end: "2001-03-08"')])
+    test_only = [path for path in [*EVALUATION, *SAMPLES] if "test_shift_" not in path]
+    assert planned == sorted([*test_only, "baselines/test_bicubic.nc", "baselines/test_bilinear.nc",
+                              "priors/test.h5", "priors/test/2001-03.h5"])
 
 
 def test_another_run_plans_only_in_its_own_folder(run):

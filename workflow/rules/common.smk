@@ -27,20 +27,19 @@ UPSAMPLERS = ["bicubic", "bilinear"]
 ABLATIONS = config["ablations"]
 HASHES = stage_hashes(config)
 MODEL_NAMES = ["deterministic", "residual", *(f"ablation_{a}" for a in ABLATIONS)]
+EVAL_SPLITS = [
+    config["evaluate"]["split"],
+    *(["test_shift"] if "test_shift" in config["splits"] else []),
+]
+"""Splits the metrics rule scores: the evaluation split, and the climate-shifted one when configured."""
 FIGURES = {
     "maps": "Fields",
     "profiles": "Scores",
     "spectra": "Fields",
     "rank_histograms": "Calibration",
     "spread_skill": "Calibration",
+    **({"climate_shift": "Climate shift"} if len(EVAL_SPLITS) > 1 else {}),
 }
-EVAL_SPLITS = [
-    config["evaluate"]["split"],
-    *(["test_shift"] if "test_shift" in config["splits"] else []),
-]
-"""Splits the metrics rule scores: the evaluation split, and the climate-shifted one when configured."""
-if len(EVAL_SPLITS) > 1:
-    FIGURES["climate_shift"] = "Climate shift"
 """Figures of the metrics rule (what geodiff.evaluate.tables.write_tables writes) and their report category."""
 LOCAL_FILES = (
     local_files_by_month(config, MONTHS) if config["data"]["source"] == "local" else {}
