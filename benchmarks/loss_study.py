@@ -8,9 +8,10 @@ them with snakemake first) and each loss variant, trains the deterministic U-Net
 `python -m geodiff train` on the config validated against the schema (defaults filled in,
 as the workflow passes it) with the variant's `loss.*` settings, same seed for all,
 predicts the test split and scores it against the store's truth with the project's
-metrics: RMSE (K), lapse-rate RMSE (K km-1) and the spurious-instability fraction, each
-area-weighted over every point. Prints one row per (config, variant) with the wall time
-of the training. A finished run (its scores.json under --out) is not trained again.
+metrics: RMSE (K), CRPS (K; of a point forecast, its MAE, as in metrics.csv), lapse-rate
+RMSE (K km-1) and the spurious-instability fraction, each area-weighted over every point.
+Prints one row per (config, variant) with the wall time of the training. A trained model
+(model.pt and its scores.json under --out) is not trained again, only scored.
 """
 
 from __future__ import annotations
@@ -66,11 +67,12 @@ def train(config: dict, stores: Path, folder: Path) -> float:
 
 
 def score(model: Path, store: Path) -> dict:
-    """RMSE, lapse-rate RMSE and spurious-instability fraction of the model on the store, over every point."""
+    """RMSE, CRPS, lapse-rate RMSE and spurious-instability fraction of the model on the store, over every point."""
     forecast = deterministic_prediction(str(model), str(store), "cpu")
     truth = read_field(str(store), "hr/t")
     dims = list(truth.dims)
     return {"rmse": float(metrics.rmse(forecast, truth, dims)),
+            "crps": float(metrics.crps_fair(forecast.expand_dims({metrics.MEMBER: 1}), truth, dims)),
             "lapse_rate_rmse": float(metrics.lapse_rate_rmse(forecast, truth, dims)),
             "spurious_instability": float(metrics.spurious_instability(forecast, truth, dims))}
 
@@ -81,9 +83,8 @@ def run(path: str, variant: str, out: Path) -> dict:
     stores = Path(config["results"]) / config["run_name"] / "priors"
     folder = out / config["run_name"] / variant
     done = folder / "scores.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    seconds = train(config, stores, folder)
+    trained = done.exists() and (folder / "model.pt").exists()
+    seconds = json.loads(done.read_text())["train_s"] if trained else train(config, stores, folder)
     row = {"config": config["run_name"], "variant": variant, **score(folder / "model.pt", stores / "test.h5"),
            "train_s": seconds, "loss": config["loss"]}
     done.write_text(json.dumps(row, indent=1))
@@ -96,11 +97,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=Path("results/loss_study"))
     args = parser.parse_args()
-    print(f"{'config':<10} {'variant':<20} {'RMSE K':>8} {'lapse K/km':>10} {'spurious':>9} {'train s':>8}")
+    print(f"{'config':<10} {'variant':<20} {'RMSE K':>8} {'CRPS K':>8} {'lapse K/km':>10} {'spurious':>9} {'train s':>8}")
     for path in args.configs:
         for variant in args.variants:
             r = run(path, variant, args.out)
-            print(f"{r['config']:<10} {variant:<20} {r['rmse']:8.4f} {r['lapse_rate_rmse']:10.4f} "
+            print(f"{r['config']:<10} {variant:<20} {r['rmse']:8.4f} {r['crps']:8.4f} {r['lapse_rate_rmse']:10.4f} "
                   f"{r['spurious_instability']:9.5f} {r['train_s']:8.0f}", flush=True)
 
 
