@@ -32,7 +32,8 @@ def stage_of(name) -> str:
     if folder == "priors":  # a split's store, priors/{split}.h5, or one of its months, priors/{split}/{year}-{month}.h5
         return f"store_{name.parts[1] if len(name.parts) > 2 else stem}"
     if folder == "baselines":
-        split, baseline = stem.split("_", 1)
+        split = "test_shift" if stem.startswith("test_shift_") else stem.split("_", 1)[0]
+        baseline = stem.removeprefix(f"{split}_")
         return f"store_{split}" if baseline in ("bicubic", "bilinear") else baseline
     if folder == "samples":
         return "sample_guided" if stem.endswith("_guided") else "sample"
@@ -284,7 +285,7 @@ def test_resolved_config_and_every_artifact_record_their_provenance(run):
               "store_test_shift", "deterministic", "residual", "ablation_no_priors", "sample", "sample_guided"}
     assert set(hashes) == stages and len(set(hashes.values())) == len(stages)
     artifacts = sorted((run / RUN).rglob("*.nc")) + sorted((run / RUN).rglob("*.h5"))
-    assert len(artifacts) == 26  # 4 raw, 3 weights, 3 regrid, 4 store months, 3 stores, 5 baselines, 4 ensembles
+    assert len(artifacts) == 37  # 4 raw, 3 weights, 3 regrid, 5 store months, 4 stores, 2 x 5 baselines, 2 x 4 ensembles
     for path in artifacts:
         with h5py.File(path, "r") as f:  # NetCDF-4 is HDF5: one reader for both
             attrs = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in f.attrs.items()}

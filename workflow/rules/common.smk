@@ -31,7 +31,7 @@ EVAL_SPLITS = [
     config["evaluate"]["split"],
     *(["test_shift"] if "test_shift" in config["splits"] else []),
 ]
-"""Splits the metrics rule scores: the evaluation split, and the climate-shifted one when configured."""
+"""Splits scored by the metrics rule: the evaluation split, and the climate-shifted one when configured."""
 FIGURES = {
     "maps": "Fields",
     "profiles": "Scores",
