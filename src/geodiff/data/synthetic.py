@@ -31,11 +31,11 @@ import numpy as np
 import xarray as xr
 
 from geodiff import __version__
+from geodiff.config_keys import config_value
 from geodiff.constants import CF_ATTRS, G, LAT, LEVEL, LON, TIME
 from geodiff.data.canonical import month_times
 from geodiff.data.grid import Grid
 from geodiff.physics.thermo import hypsometric_height
-from geodiff.train.config import config_value
 
 log = logging.getLogger(__name__)
 

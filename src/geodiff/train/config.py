@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
 
+from geodiff.config_keys import config_value
 from geodiff.provenance import config_hash
 
 STAGES = ("deterministic", "residual")
@@ -30,18 +30,6 @@ STAGE_KEYS = {
 }
 """Dotted config keys that shape each stage's model. The residual model also depends on the
 deterministic model, through its input file (whose digest its checkpoint records)."""
-
-
-def config_value(config: dict, key: str) -> Any:
-    """The value of dotted `key` (``"train.lr"``) in `config`; a missing key raises naming it."""
-    node: Any = config
-    for i, part in enumerate(key.split(".")):
-        if not isinstance(node, dict) or part not in node:
-            where = ".".join(key.split(".")[:i]) or "the top level"
-            raise KeyError(f"config key {key!r} is missing ({part!r} not in {where}); pass the config validated "
-                           "against workflow/schemas/config.schema.yaml, which fills in every default")
-        node = node[part]
-    return node
 
 
 def stage_config(config: dict, stage: str) -> dict:
