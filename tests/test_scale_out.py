@@ -263,3 +263,16 @@ def test_the_seed_evaluate_command_scores_an_epoch(short, tmp_path):
     proc = subprocess.run(geodiff("evaluate", "--model-path", str(models), "--epoch", "3", "--store",
                                   str(d / "val.h5")), capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "no checkpoint of epoch 3 (epochs kept: [1, 2]" in proc.stderr
+
+
+def test_an_unreadable_newest_checkpoint_is_skipped(tmp_path):
+    """A checkpoint cut short (a full disk, a copy interrupted) does not stop the resume: the newest readable one is taken."""
+    from geodiff.checkpoint import save_checkpoint
+    from geodiff.train.checkpoints import checkpoint_name
+    from geodiff.train.loop import _latest_state
+
+    for step in (5, 10):
+        save_checkpoint(tmp_path / checkpoint_name(step, 1), {"step": step, "weights": torch.full((1000,), float(step))})
+    newest = tmp_path / checkpoint_name(10, 1)
+    newest.write_bytes(newest.read_bytes()[:100])
+    assert _latest_state(tmp_path, "cpu")["step"] == 5
