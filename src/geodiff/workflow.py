@@ -17,6 +17,7 @@ import yaml
 from geodiff import __version__
 from geodiff.atomic import atomic_write
 from geodiff.constants import PHYSICS_TERMS, STORE_LAYOUT
+from geodiff.periods import period_bounds
 from geodiff.provenance import config_hash
 from geodiff.train.config import stage_config
 
@@ -133,8 +134,7 @@ def splits_of(config: Mapping[str, Any]) -> list[str]:
 
 def split_bounds(config: Mapping[str, Any], split: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     """First instant and the instant after the last day of a split."""
-    period = config["splits"][split]
-    return pd.Timestamp(period["start"]), pd.Timestamp(period["end"]) + pd.Timedelta(days=1)
+    return tuple(pd.Timestamp(t) for t in period_bounds(config["splits"][split]))
 
 
 def months_of_split(config: Mapping[str, Any], split: str, months: list[str]) -> list[str]:

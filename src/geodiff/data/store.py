@@ -44,13 +44,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pandas as pd
 import xarray as xr
 from tqdm import tqdm
 
 from geodiff import __version__
 from geodiff.atomic import atomic_write
 from geodiff.constants import CF_ATTRS, LAT, LEVEL, LON, STATICS, STORE_LAYOUT, TIME
+from geodiff.periods import period_bounds
 from geodiff.physics.priors import PRIORS, compute_priors
 
 log = logging.getLogger(__name__)
@@ -204,12 +204,12 @@ def _write_samples(
 ) -> dict[str, RunningStats]:
     """Append the months' samples within `period` (truth, inputs, priors) to the new store `f`, with its
     coordinates and statics; the running stats of `t` and of each prior over them."""
-    start, stop = pd.Timestamp(period["start"]), pd.Timestamp(period["end"]) + pd.Timedelta(days=1)
+    start, stop = period_bounds(period)
     stats = {v: RunningStats() for v in ["t", *prior_names]}
     with xr.open_dataset(statics_path, engine="netcdf4") as statics:
         for raw_path, low_path in tqdm(list(zip(raw_paths, lowres_paths)), desc=f"store {Path(out_path).name}", unit="month"):
             with xr.open_dataset(raw_path, engine="netcdf4") as raw, xr.open_dataset(low_path, engine="netcdf4") as low:
-                keep = (raw["time"].values >= np.datetime64(start)) & (raw["time"].values < np.datetime64(stop))
+                keep = (raw["time"].values >= start) & (raw["time"].values < stop)
                 raw, low = raw.isel(time=keep).load(), low.isel(time=keep).load()
                 if raw.sizes["time"] == 0:
                     continue

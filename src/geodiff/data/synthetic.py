@@ -35,6 +35,7 @@ from geodiff.config_keys import config_value
 from geodiff.constants import CF_ATTRS, G, LAT, LEVEL, LON, TIME
 from geodiff.data.canonical import month_times
 from geodiff.data.grid import Grid
+from geodiff.periods import period_bounds
 from geodiff.physics.thermo import hypsometric_height
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,7 @@ def in_test_shift(config: dict, times: np.ndarray) -> np.ndarray:
     period = config.get("splits", {}).get("test_shift")
     if period is None:
         return np.zeros(len(times), dtype=bool)
-    start = np.datetime64(period["start"], "D")
-    stop = np.datetime64(period["end"], "D") + np.timedelta64(1, "D")
+    start, stop = period_bounds(period)
     return (times >= start) & (times < stop)
 
 

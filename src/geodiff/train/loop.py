@@ -54,8 +54,8 @@ from geodiff.model.edm import EMA, edm_loss, per_sample_normal
 from geodiff.model.losses import PhysicsLoss, masked_mean
 from geodiff.model.networks import build_model, load_model, residual_scale, truth_mask
 from geodiff.train.config import STAGES, RunSettings, TrainConfig
-from geodiff.train.distributed import DistContext, cleanup, init_distributed, is_main
 from geodiff.train.checkpoints import checkpoint_dir, checkpoint_name, checkpoints
+from geodiff.train.distributed import DistContext, cleanup, init_distributed, is_main
 from geodiff.train.sampler import EpochSampler
 from geodiff.train.validation import validate
 
