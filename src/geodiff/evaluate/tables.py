@@ -233,8 +233,8 @@ def write_tables(evaluations: dict[str, tuple[str, list[str], list[str]]], metri
         ensembles, ensemble_attrs = _read_predictions(ensemble_paths)
         tables += [metric_table(truth, predictions, ensembles, scale_factor, name),
                    _with_units(cost_rows(ensemble_attrs), name)]
-        fields[name] = (truth, predictions, ensembles)
-    truth, predictions, ensembles = fields[split]
+        fields[name] = (truth, predictions, ensembles, scale_factor)
+    truth, predictions, ensembles, scale_factor = fields[split]
     store_path = evaluations[split][0]
     levels = [float(v) for v in truth[LEVEL].values]
     if map_level is not None and float(map_level) not in levels:
@@ -259,7 +259,7 @@ def write_tables(evaluations: dict[str, tuple[str, list[str], list[str]]], metri
     log.info("summary:\n%s", write_summary(summary, summary_path, config_hash, shift))
     first = next(iter(ensembles.values()))
     write_figures(truth, predictions, first, read_field(store_path, "lr_up/t"), read_statics(store_path, ["lsm"])["lsm"],
-                  table[table["split"] == split], store_info(store_path)["scale_factor"], figures_dir,
+                  table[table["split"] == split], scale_factor, figures_dir,
                   0 if map_level is None else levels.index(float(map_level)), map_time)
     if shifted:
         plot_climate_shift(table, split, Path(figures_dir) / "climate_shift.png")
