@@ -33,6 +33,7 @@ include: "workflow/rules/regrid.smk"
 include: "workflow/rules/priors.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/downscale.smk"
 
 
 rule all:

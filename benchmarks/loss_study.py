@@ -45,10 +45,12 @@ VARIANTS = {  # name -> overrides of loss.<key> (merged into the config's loss s
 }
 
 
-def resolved(path: str, loss: dict) -> dict:
-    """The config at `path` with `loss` merged into its loss section, validated with the schema's defaults."""
+def resolved(path: str, overrides: dict) -> dict:
+    """The config at `path` with each section of `overrides` ({"loss": {...}, ...}) merged into its own,
+    validated with the schema's defaults."""
     config = yaml.safe_load(Path(path).read_text())
-    config.setdefault("loss", {}).update(copy.deepcopy(loss))
+    for section, values in overrides.items():
+        config.setdefault(section, {}).update(copy.deepcopy(values))
     validate(config, SCHEMA, set_default=True)
     return config
 
@@ -79,7 +81,7 @@ def score(model: Path, store: Path) -> dict:
 
 def run(path: str, variant: str, out: Path) -> dict:
     """Scores and training time of one (config, variant), read back when already measured."""
-    config = resolved(path, VARIANTS[variant])
+    config = resolved(path, {"loss": VARIANTS[variant]})
     stores = Path(config["results"]) / config["run_name"] / "priors"
     folder = out / config["run_name"] / variant
     done = folder / "scores.json"

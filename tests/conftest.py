@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from slurm_cluster import ClusterInfo, SlurmUnavailable, ensure_cluster
+from workflow_run import copy_workflow, snakemake
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +81,12 @@ def chromium() -> str:
             pytest.fail("chromium is not installed under CI=true (.ci/run installs it)")
         pytest.skip("chromium is not installed (apt-get install chromium)")
     return path
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    """config/test.yaml run to completion once, with its declared downscaling (results/test/downscaled/march.nc);
+    the folder it ran in (a copy of the workflow)."""
+    repo = copy_workflow(tmp_path_factory.mktemp("wf"))
+    snakemake(repo, "--cores", "2", "all", "results/test/downscaled/march.nc", "--configfile", "config/test.yaml")
+    return repo

@@ -182,7 +182,7 @@ SAMPLES = {"sample", "sample_guided"}
         ("data.cds.retries", 9, set()),
         ("data.cds.local_download", True, set()),
         ("data.period.end", "2001-04", set()),
-        ("data.period.start", "2000-12", {"statics"}),
+        ("data.period.start", "2000-12", {"statics", "bundle"}),  # statics of a new box come from the same hour
         ("splits.test.end", "2001-03-09", {"store_test"}),
         ("splits.test_shift.end", "2001-03-19", {"data", "regrid"} | STORES),  # the synthetic months are shifted there
         ("data.synthetic_shift.aloft_warming", 5.0, {"data", "regrid"} | STORES),
@@ -190,11 +190,11 @@ SAMPLES = {"sample", "sample_guided"}
         ("splits.train.start", "2001-01-02", {"store_train"}),
         ("regrid.upsample", "bilinear", {"regrid_weights", "regrid"} | STORES),
         ("priors.names", ["theta"], STORES | MODELS | SAMPLES),
-        ("evaluate.sampler_steps", 9, SAMPLES),
+        ("evaluate.sampler_steps", 9, SAMPLES | {"bundle"}),
         ("evaluate.split", "val", set()),
         ("evaluate.guidance.stability", 1.0, {"sample_guided"}),
         ("evaluate.guidance.last_steps", 3, {"sample_guided"}),
-        ("model.constraint", "none", set()),
+        ("model.constraint", "none", {"bundle"}),
     ],
 )
 def test_a_setting_changes_the_hash_of_exactly_the_artifacts_it_shapes(key, value, changed):

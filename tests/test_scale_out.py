@@ -252,7 +252,7 @@ def test_the_seed_evaluate_command_scores_an_epoch(short, tmp_path):
     model = model_from_state(state, state["model"]).eval()
     from geodiff.data.loader import StoreDataset
 
-    data = StoreDataset(str(d / "val.h5"), model.prior_names)
+    data = StoreDataset(str(d / "val.h5"), model.prior_names, position=model.arch["position"])
     with torch.no_grad():
         preds = [model(*(data[i][k][None] for k in ("lr_up", "static", "priors")))[0, 0].numpy() for i in range(len(data))]
     with h5py.File(d / "val.h5") as f:

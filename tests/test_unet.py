@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 
+import numpy as np
 import pytest
 import torch
 
-from geodiff.model.unet import UNet3D, ZeroConv, latlon_channels, level_channels
+from geodiff.model.unet import NORM_WINDOW, LocalGroupNorm, UNet3D, ZeroConv, level_channels
 
 
 def randomise_head(net: UNet3D, seed: int = 0) -> None:
@@ -74,19 +74,41 @@ def test_zero_conv_is_zero_and_linear():
     assert torch.equal(zc(torch.randn(1, 4, 2, 3, 3)), torch.zeros(1, 3, 2, 3, 3))
 
 
-def test_positional_and_level_encodings():
+def test_level_encoding():
     like = torch.zeros(2, 1, 3, 5, 4)
-    pos = latlon_channels(like)
-    assert pos.shape == (2, 4, 3, 5, 4)
-    # lat index j -> angle π j/4: first row (0 → sin 0, cos 1), last row (π → sin 0, cos −1)
-    torch.testing.assert_close(pos[0, :2, 0, 0, 0], torch.tensor([0.0, 1.0]))
-    torch.testing.assert_close(pos[0, :2, 0, 2, 0], torch.tensor([1.0, 0.0]), atol=1e-7, rtol=0)
-    torch.testing.assert_close(pos[0, :2, 0, 4, 3], torch.tensor([0.0, -1.0]), atol=1e-7, rtol=0)
-    # lon index k -> angle π k/3, the same at every lat and level
-    torch.testing.assert_close(pos[1, 2, 2, 3, 1], torch.tensor(math.sin(math.pi / 3)))
     lev = level_channels(like)
     assert lev.shape == (2, 2, 3, 5, 4)
     torch.testing.assert_close(lev[0, :, 1, 0, 0], torch.tensor([1.0, 0.0]), atol=1e-7, rtol=0)
+
+
+def test_nothing_ties_the_network_to_a_position_in_the_field():
+    """Shifting the input by a multiple of 2^depth cells shifts the output by as much, away from the
+    edges, to float32 rounding (1e-4): the same field gives the same answer wherever it lies in the box, in a
+    training patch or in an inference tile. (GroupNorm, whose statistics span the whole field, moved it
+    by 8 % of its spread, and the encoding of the position in the box this replaced by 70 %.)"""
+    torch.manual_seed(0)
+    net = UNet3D(1, 1, width=8, depth=2)
+    randomise_head(net)
+    x = torch.randn(1, 1, 3, 192, 192)
+    out, shifted = net(x), net(torch.roll(x, shifts=(8, 12), dims=(3, 4)))
+    inner = (..., slice(88, 104), slice(88, 104))  # beyond the reach (receptive field, norm windows) of edges and seams
+    torch.testing.assert_close(torch.roll(out, shifts=(8, 12), dims=(3, 4))[inner], shifted[inner], rtol=0, atol=5e-4)
+
+
+def test_local_group_norm_takes_its_statistics_from_the_neighbourhood():
+    """Brute force, point by point: the mean and variance of the point's group over every level and the
+    NORM_WINDOW x NORM_WINDOW cells around it that lie in the field."""
+    norm = LocalGroupNorm(4)  # 4 groups of 1 channel
+    with torch.no_grad():
+        norm.weight.copy_(torch.arange(1.0, 5.0))
+        norm.bias.fill_(0.5)
+    x = 3.0 + 2.0 * torch.randn(2, 4, 3, 9, 10, dtype=torch.float64)
+    half, v = NORM_WINDOW // 2, x.numpy()
+    expected = np.empty(x.shape)
+    for b, c, i, j in np.ndindex(2, 4, 9, 10):
+        near = v[b, c, :, max(i - half, 0) : i + half + 1, max(j - half, 0) : j + half + 1]
+        expected[b, c, :, i, j] = (v[b, c, :, i, j] - near.mean()) / np.sqrt(near.var() + 1e-5) * (c + 1) + 0.5
+    np.testing.assert_allclose(norm(x).detach().numpy(), expected, rtol=1e-5, atol=1e-5)  # float32 statistics
 
 
 def test_learned_level_embedding_is_used_and_checked():

@@ -37,15 +37,9 @@ def stage_of(name) -> str:
         return f"store_{split}" if baseline in ("bicubic", "bilinear") else baseline
     if folder == "samples":
         return "sample_guided" if stem.endswith("_guided") else "sample"
+    if folder == "downscaled":  # made by the models of the bundle
+        return "bundle"
     return stem
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """The test config run to completion once; the folder it ran in."""
-    repo = copy_workflow(tmp_path_factory.mktemp("wf"))
-    snakemake(repo, "--cores", "2", "--configfile", "config/test.yaml")
-    return repo
 
 
 def test_artifacts_follow_the_data_contract(run):
@@ -229,7 +223,8 @@ def test_skill_is_no_worse_than_the_reference_run(run):
 
 @pytest.mark.parametrize("name", ["raw/2001-01.nc", "raw/statics.nc", "regrid/2001-01.nc", "regrid/weights_bicubic.nc",
                                   "baselines/test_bicubic.nc", "baselines/test_deterministic_constrained.nc",
-                                  "samples/test_ensemble.nc", "samples/test_ensemble_guided_constrained.nc"])
+                                  "samples/test_ensemble.nc", "samples/test_ensemble_guided_constrained.nc",
+                                  "downscaled/march.nc"])
 def test_every_kind_of_netcdf_output_passes_the_cf_checker(run, name):
     """The IOOS compliance checker (CF 1.8) finds nothing to correct in any kind of file the workflow writes."""
     checker = Path(sys.executable).parent / "compliance-checker"
@@ -282,10 +277,11 @@ def test_resolved_config_and_every_artifact_record_their_provenance(run):
     assert resolved["run_name"] == "test" and resolved["geodiff_version"]
     assert resolved["train"]["checkpoint_every"] == 20 and resolved["regrid"]["backend"] == "auto"  # schema defaults in
     stages = {"data", "statics", "regrid_weights", "regrid", "store_train", "store_val", "store_test",
-              "store_test_shift", "deterministic", "residual", "ablation_no_priors", "sample", "sample_guided"}
+              "store_test_shift", "deterministic", "residual", "ablation_no_priors", "sample", "sample_guided", "bundle"}
     assert set(hashes) == stages and len(set(hashes.values())) == len(stages)
     artifacts = sorted((run / RUN).rglob("*.nc")) + sorted((run / RUN).rglob("*.h5"))
-    assert len(artifacts) == 37  # 4 raw, 3 weights, 3 regrid, 5 store months, 4 stores, 2 x 5 baselines, 2 x 4 ensembles
+    assert len(artifacts) == 38  # 4 raw, 3 weights, 3 regrid, 5 store months, 4 stores, 2 x 5 baselines, 2 x 4 ensembles,
+    # and the downscaled March
     for path in artifacts:
         with h5py.File(path, "r") as f:  # NetCDF-4 is HDF5: one reader for both
             attrs = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in f.attrs.items()}

@@ -5,6 +5,7 @@
     geodiff evaluate --store priors/test.h5 --ensemble e.nc --baselines b1.nc b2.nc --out results/default/
     geodiff train ... --nodes 2 --nr 0 --gpus 4 --master-addr node0   (manual multi-node launch; --nr 1 on node 1)
     geodiff evaluate --model_path results/default/models --epoch_num 3   (scores of epoch 3's checkpoints)
+    geodiff downscale --model results/default/models --input gfs.grib2 --out fine.nc [--members 8] [--box S N W E]
 """
 
 from __future__ import annotations
@@ -99,6 +100,14 @@ def score_checkpoints(args: argparse.Namespace) -> None:
     print(json.dumps(scores, indent=1))
 
 
+def cmd_downscale(args: argparse.Namespace) -> None:
+    from geodiff.downscale.generate import downscale
+
+    downscale(args.model, args.input, args.out, members=args.members, statics=args.statics, box=args.box,
+              steps=args.steps, tile=args.tile or None, overlap=args.overlap, seed=args.seed, device=args.device,
+              constraint=args.constraint)
+
+
 def parser() -> argparse.ArgumentParser:
     from geodiff.model.edm import SAMPLERS
 
@@ -159,6 +168,25 @@ def parser() -> argparse.ArgumentParser:
                    help="epoch (from 1) whose newest checkpoint is scored")
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=cmd_evaluate)
+
+    from geodiff.downscale.generate import OVERLAP, TILE
+
+    d = sub.add_parser("downscale", help="the ensemble of coarse data without fine truth (any box at the model's resolution)")
+    d.add_argument("--model", required=True, metavar="DIR", help="a run's models folder with its bundle.json")
+    d.add_argument("--input", required=True, nargs="+", metavar="FILE",
+                   help="coarse temperature on pressure levels: NetCDF or GRIB, ERA5/CDS, GFS or CMIP names, any times")
+    d.add_argument("--out", required=True, help="NetCDF file to write")
+    d.add_argument("--members", type=_members, help="ensemble members (default: the run's evaluate.ensemble_size)")
+    d.add_argument("--statics", metavar="FILE", help="orography and land-sea mask (default: the model's statics source, for the box)")
+    d.add_argument("--box", nargs=4, type=float, metavar=("S", "N", "W", "E"),
+                   help="cell edges of the fine grid, degrees (default: the input's extent, whole coarse cells)")
+    d.add_argument("--steps", type=_positive, help="sampler steps (default: the run's evaluate.sampler_steps)")
+    d.add_argument("--tile", type=int, default=TILE, help=f"tile side, fine cells; 0: the whole domain at once (default {TILE})")
+    d.add_argument("--overlap", type=int, default=OVERLAP, help=f"overlap of neighbouring tiles, fine cells (default {OVERLAP})")
+    d.add_argument("--constraint", choices=["none", "additive"], help="hard constraint (default: the run's model.constraint)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="auto")
+    d.set_defaults(func=cmd_downscale)
     return p
 
 

@@ -19,6 +19,9 @@ TIME, LEVEL, LAT, LON = "time", "level", "lat", "lon"
 DIMS = (TIME, LEVEL, LAT, LON)
 STATICS = ("orography", "lsm")
 """Fine-grid static fields known at inference time."""
+POSITION_CHANNELS = {"none": 0, "latlon": 4}
+"""Static channels that encode a cell's position, by config ``model.position``
+(:func:`geodiff.data.loader.position_channels`: sin and cos of latitude and longitude)."""
 
 CF_ATTRS = {
     "t": {"units": "K", "standard_name": "air_temperature", "long_name": "Air temperature"},
@@ -30,6 +33,9 @@ CF_ATTRS = {
     LON: {"units": "degrees_east", "standard_name": "longitude", "long_name": "Longitude", "axis": "X"},
 }
 """CF attributes of canonical variables and coordinates."""
+
+BUNDLE = "bundle.json"
+"""File name of a trained model's bundle in its models folder (geodiff.downscale.bundle)."""
 
 HPA_TO_PA = 100.0
 """Pascal per hectopascal."""

@@ -44,19 +44,23 @@ def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str,
 
 
 def unknown_keys(config: Mapping[str, Any], schema: Mapping[str, Any], root: Mapping[str, Any] | None = None, where: str = "") -> list[str]:
-    """A message per config key that the schema does not define, with the nearest valid key (difflib)."""
+    """A message per config key that the schema does not define, with the nearest valid key (difflib).
+
+    A mapping whose keys are names of the user's (an ``additionalProperties`` schema, e.g.
+    ``downscale.inputs``) takes any key, and its values are checked against that schema."""
     root = schema if root is None else root
     schema = _resolve(schema, root)
     known = schema.get("properties", {})
+    named = schema.get("additionalProperties")
     problems = []
     for key, value in config.items():
         name = f"{where}{key}"
-        if key not in known:
+        if key not in known and not isinstance(named, Mapping):
             near = difflib.get_close_matches(str(key), list(known), n=1)
             hint = f"did you mean '{where}{near[0]}'?" if near else f"valid keys: {', '.join(known)}"
             problems.append(f"unknown key '{name}': {hint}")
         elif isinstance(value, Mapping):
-            problems += unknown_keys(value, known[key], root, f"{name}.")
+            problems += unknown_keys(value, known.get(key, named), root, f"{name}.")
     return problems
 
 
@@ -222,7 +226,8 @@ def stage_configs(config: Mapping[str, Any]) -> dict[str, dict]:
     store of a split (its own period only; the others read the train store's statistics,
     through their input); deterministic, residual, ablation_<name>: the models (the training
     rule's params, :func:`training_config`); sample: the ensemble; sample_guided: the ensemble
-    drawn with stability guidance.
+    drawn with stability guidance; bundle: the models' bundle.json (:func:`bundle_config`), whose hash a
+    downscaled file also records.
     """
     data = {"seed": config["seed"], "data": _data_keys(config), "grid": config["grid"], "levels": config["levels"]}
     statics = {**data, "data": {**data["data"], "period": {"start": config["data"]["period"]["start"]}}}
@@ -242,7 +247,17 @@ def stage_configs(config: Mapping[str, Any]) -> dict[str, dict]:
     stages["sample"] = {"seed": config["seed"], "evaluate": {k: config["evaluate"][k] for k in SAMPLE_KEYS},
                         "models": {m: config_hash(stages[m]) for m in ("deterministic", "residual")}}
     stages["sample_guided"] = {**stages["sample"], "guidance": config["evaluate"]["guidance"]}
+    stages["bundle"] = bundle_config(config)
     return stages
+
+
+def bundle_config(config: Mapping[str, Any]) -> dict:
+    """The config keys a model bundle records (geodiff.downscale.bundle.write_bundle): the run's name, the
+    grid, the statics source (seed, data settings), the constraint and the sampler's settings."""
+    return {"run_name": config["run_name"], "seed": config["seed"], "grid": copy.deepcopy(config["grid"]),
+            "data": {**_data_keys(config), "period": {"start": config["data"]["period"]["start"]}},  # as the statics
+            "model": {"constraint": config["model"]["constraint"]},
+            "evaluate": {k: config["evaluate"][k] for k in SAMPLE_KEYS}}
 
 
 def stage_hashes(config: Mapping[str, Any]) -> dict[str, str]:

@@ -3,9 +3,11 @@ import json
 import os
 import shlex
 
+from geodiff.constants import BUNDLE
 from geodiff.shutdown import stop_jobs_on_signal
 from geodiff.provenance import config_hash
 from geodiff.workflow import (
+    bundle_config,
     export_source_path,
     local_files_by_month,
     months_in_period,
@@ -27,6 +29,7 @@ UPSAMPLERS = ["bicubic", "bilinear"]
 ABLATIONS = config["ablations"]
 HASHES = stage_hashes(config)
 MODEL_NAMES = ["deterministic", "residual", *(f"ablation_{a}" for a in ABLATIONS)]
+DOWNSCALE_INPUTS = config["downscale"]["inputs"]
 EVAL_SPLITS = [
     config["evaluate"]["split"],
     *(["test_shift"] if "test_shift" in config["splits"] else []),
@@ -63,8 +66,10 @@ def benchmarks(name):
 
 def get_final_outputs():
     """The targets of the default run: the metric tables and summary (through them everything
-    else) and the training curves."""
+    else), the training curves and the models' bundle (what `geodiff downscale` applies).
+    """
     return [
+        results(f"models/{BUNDLE}"),
         results("metrics.csv"),
         results("metrics_by_level.csv"),
         results("summary.md"),
@@ -288,6 +293,36 @@ def get_baseline_gpus(wildcards):
 def get_baseline_device(wildcards):
     """--device of a baseline job: cuda when it asks for a GPU (see model_device)."""
     return model_device(get_baseline_gpus(wildcards))
+
+
+def get_downscale_input(wildcards):
+    """The bundle, the models it names and the declared input files of one downscale.inputs entry."""
+    entry = DOWNSCALE_INPUTS[wildcards.name]
+    inputs = {
+        "bundle": results(f"models/{BUNDLE}"),
+        "models": [results(f"models/{m}.pt") for m in ("deterministic", "residual")],
+        "data": entry["paths"],
+    }
+    if entry["statics"]:
+        inputs["statics"] = entry["statics"]
+    return inputs
+
+
+def get_downscale_options(wildcards):
+    """Command-line options of `geodiff downscale` for one downscale.inputs entry."""
+    entry = DOWNSCALE_INPUTS[wildcards.name]
+    options = [
+        f"--tile {config['downscale']['tile']}",
+        f"--overlap {config['downscale']['overlap']}",
+        f"--seed {config['seed']}",
+    ]
+    if entry["box"]:
+        options.append("--box " + " ".join(str(v) for v in entry["box"]))
+    if entry["members"]:
+        options.append(f"--members {entry['members']}")
+    if entry["statics"]:
+        options.append(f"--statics {entry['statics']}")
+    return " ".join(options)
 
 
 def heavy_mem_mb(wildcards, attempt):

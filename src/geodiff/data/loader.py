@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from geodiff.constants import STATICS
-from geodiff.data.store import FULL, SampleReader, Window, read_statics, read_stats, store_info
+from geodiff.constants import POSITION_CHANNELS, STATICS
+from geodiff.data.store import FULL, SampleReader, Window, read_statics, read_stats, store_coords, store_info
 
 
 class StoreDataset(Dataset):
@@ -15,7 +15,7 @@ class StoreDataset(Dataset):
 
     Each item: `lr_up` [1, L, H, W] and `hr` [1, L, H, W] (normalised with the `t` stats),
     `hr_mask` [1, L, H, W], `priors` [P, L, H, W] (each with its own stats), `static`
-    [S, H, W], `index`, `seed` and `z` [L, H, W] (m2 s-2, physical) when the store has it.
+    [S, H, W] (the normalised statics, then the `position` channels: :func:`static_fields`), `index`, `seed` and `z` [L, H, W] (m2 s-2, physical) when the store has it.
 
     An item is read by its index, or by ``(index, epoch)`` as the training sampler
     (:class:`geodiff.train.sampler.EpochSampler`) asks for it; a bare index is epoch 0.
@@ -31,7 +31,8 @@ class StoreDataset(Dataset):
     hold their own handle.
     """
 
-    def __init__(self, path: str, prior_names: list[str] | None = None, crop: int | None = None, seed: int = 0):
+    def __init__(self, path: str, prior_names: list[str] | None = None, crop: int | None = None, seed: int = 0,
+                 position: str = "none"):
         info = store_info(path)
         self.path = path
         self.prior_names = info["priors"] if prior_names is None else list(prior_names)
@@ -46,8 +47,9 @@ class StoreDataset(Dataset):
         stats = read_stats(path, ["t", *self.prior_names, *STATICS])
         self.t_mean, self.t_std = (s[:, None, None] for s in stats["t"])
         self.prior_stats = [tuple(s[:, None, None] for s in stats[n]) for n in self.prior_names]
-        statics = read_statics(path, list(STATICS))
-        self.static = np.stack([(statics[n] - stats[n][0]) / stats[n][1] for n in STATICS]).astype(np.float32)
+        coords = store_coords(path)
+        self.static = static_fields(read_statics(path, list(STATICS)), {n: stats[n] for n in STATICS},
+                                    coords["lat"].values, coords["lon"].values, position)
         self._reader = SampleReader(path)
 
     def __len__(self) -> int:
@@ -88,3 +90,22 @@ class StoreDataset(Dataset):
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A seed (63 bits, fits int64) for the random draws of sample `index` in `epoch` of a run seeded `seed`."""
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def position_channels(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """sin and cos of each cell's latitude and longitude [4, H, W] (config ``model.position: latlon``)."""
+    phi, lam = np.meshgrid(np.deg2rad(lat), np.deg2rad(lon), indexing="ij")
+    return np.stack([np.sin(phi), np.cos(phi), np.sin(lam), np.cos(lam)])
+
+
+def static_fields(statics: dict[str, np.ndarray], stats: dict[str, tuple[np.ndarray, np.ndarray]], lat: np.ndarray,
+                  lon: np.ndarray, position: str) -> np.ndarray:
+    """The `static` input of the networks [S, H, W], float32: each of :data:`STATICS` normalised with its
+    (mean, std) from `stats`, then the channels of `position` (config ``model.position``) on the grid
+    of `lat`, `lon` (degrees)."""
+    if position not in POSITION_CHANNELS:
+        raise ValueError(f"model.position must be one of {sorted(POSITION_CHANNELS)}, not {position!r}")
+    fields = [(statics[n] - stats[n][0]) / stats[n][1] for n in STATICS]
+    if position == "latlon":
+        fields.extend(position_channels(lat, lon))
+    return np.stack(fields).astype(np.float32)

@@ -160,6 +160,21 @@ def _check_levels(ds: xr.Dataset, levels: Iterable[float]) -> list[str]:
     return problems
 
 
+def check_fields(ds: xr.Dataset, levels: Iterable[float], allow_nans: bool) -> list[str]:
+    """The problems of canonical pressure-level data with its fields: `t` present, in Kelvin, complete
+    (unless `allow_nans`; `z` too), on every one of `levels` (hPa) without duplicates."""
+    empty = any(n == 0 for n in ds.sizes.values())
+    problems = []
+    for name in ("t", "z"):
+        if name in ds.data_vars and not empty:
+            problems += _check_missing_values(ds, name, allow_nans)
+    if "t" not in ds.data_vars:
+        problems.append(f"variable 't' (air temperature) is missing (have {sorted(map(str, ds.data_vars))})")
+    elif not empty:
+        problems += _check_temperature(ds["t"])
+    return problems + _check_levels(ds, levels)
+
+
 def _check_statics(ds: xr.Dataset) -> list[str]:
     problems = []
     for name in STATICS:
@@ -211,14 +226,7 @@ def validate(
         problems += [] if empty else _check_statics(ds)
     else:
         allow_nans = bool(config.get("data", {}).get("allow_nans", False))
-        for name in ("t", "z"):
-            if name in ds.data_vars and not empty:
-                problems += _check_missing_values(ds, name, allow_nans)
-        if "t" not in ds.data_vars:
-            problems.append(f"variable 't' (air temperature) is missing (have {sorted(map(str, ds.data_vars))})")
-        elif not empty:
-            problems += _check_temperature(ds["t"])
-        problems += _check_levels(ds, config["levels"])
+        problems += check_fields(ds, config["levels"], allow_nans)
         problems += check_times(ds, config["data"]["hours"], year, month)
     problems += _check_grid(ds, hr)
     if empty and not problems:

@@ -26,7 +26,7 @@ def deterministic_prediction(model_path: str, store_path: str, device: str = "au
 
     device = resolve_device(device, 0)
     model = load_model(model_path, device).eval()
-    dataset = StoreDataset(store_path, model.prior_names)
+    dataset = StoreDataset(store_path, model.prior_names, position=model.arch["position"])
     out = []
     for batch in DataLoader(dataset, batch_size=batch_size):
         pred = model(batch["lr_up"].to(device), batch["static"].to(device), batch["priors"].to(device))

@@ -87,7 +87,7 @@ def ensemble_prediction(
     device = resolve_device(device, 0)
     deterministic = load_model(deterministic_path, device).eval()
     residual = load_model(residual_path, device).eval()
-    dataset = StoreDataset(store_path, deterministic.prior_names)
+    dataset = StoreDataset(store_path, deterministic.prior_names, position=deterministic.arch["position"])
     if limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     generator = torch.Generator(device).manual_seed(seed)

@@ -16,10 +16,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from geodiff.constants import STATICS
+from geodiff.constants import POSITION_CHANNELS, STATICS
 from geodiff.model.edm import EDMPrecond
 from geodiff.model.unet import UNet3D
 from geodiff.checkpoint import load_checkpoint
+
+
+def static_channels(position: str) -> int:
+    """Channels of the `static` input: the :data:`STATICS` and the position encoding of config ``model.position``."""
+    if position not in POSITION_CHANNELS:
+        raise ValueError(f"model.position must be one of {sorted(POSITION_CHANNELS)}, not {position!r}")
+    return len(STATICS) + POSITION_CHANNELS[position]
 
 
 def broadcast_static(static: torch.Tensor, n_levels: int) -> torch.Tensor:
@@ -42,10 +49,11 @@ class _Normalised(nn.Module):
 class DeterministicModel(_Normalised):
     """ŷ = x + U-Net([x, statics], priors), all [B, 1, L, H, W] in normalised units."""
 
-    def __init__(self, n_levels: int, n_priors: int, width: int, depth: int) -> None:
+    def __init__(self, n_levels: int, n_priors: int, width: int, depth: int, position: str) -> None:
         super().__init__(n_levels)
-        self.arch = dict(stage="deterministic", n_levels=n_levels, n_priors=n_priors, width=width, depth=depth)
-        self.net = UNet3D(1 + len(STATICS), 1, prior_channels=n_priors, width=width, depth=depth)
+        self.arch = dict(stage="deterministic", n_levels=n_levels, n_priors=n_priors, width=width, depth=depth,
+                         position=position)
+        self.net = UNet3D(1 + static_channels(position), 1, prior_channels=n_priors, width=width, depth=depth)
 
     def forward(self, lr_up: torch.Tensor, static: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
         x = torch.cat([lr_up, broadcast_static(static, lr_up.shape[2])], dim=1)
@@ -61,11 +69,12 @@ class ResidualModel(_Normalised):
 
     sigma_data = 1.0
 
-    def __init__(self, n_levels: int, n_priors: int, width: int, depth: int) -> None:
+    def __init__(self, n_levels: int, n_priors: int, width: int, depth: int, position: str) -> None:
         super().__init__(n_levels)
-        self.arch = dict(stage="residual", n_levels=n_levels, n_priors=n_priors, width=width, depth=depth)
+        self.arch = dict(stage="residual", n_levels=n_levels, n_priors=n_priors, width=width, depth=depth,
+                         position=position)
         self.register_buffer("r_scale", torch.ones(n_levels))
-        n_cond = 2 + len(STATICS)
+        n_cond = 2 + static_channels(position)
         net = UNet3D(1 + n_cond, 1, prior_channels=n_priors, width=width, depth=depth, noise_channels=width)
         self.precond = EDMPrecond(net, sigma_data=self.sigma_data)
         self.sigma_min, self.sigma_max = self.precond.sigma_min, self.precond.sigma_max
@@ -88,12 +97,13 @@ class ResidualModel(_Normalised):
         return self.precond(x, sigma, cond, priors if priors is not None and priors.numel() else None)
 
 
-def build_model(stage: str, n_levels: int, n_priors: int, width: int, depth: int) -> nn.Module:
-    """A fresh model of `stage` ("deterministic" or "residual") with a U-Net of `width` and `depth`."""
+def build_model(stage: str, n_levels: int, n_priors: int, width: int, depth: int, position: str) -> nn.Module:
+    """A fresh model of `stage` ("deterministic" or "residual") with a U-Net of `width` and `depth`
+    and the static channels of `position` (config ``model.position``)."""
     if stage == "deterministic":
-        return DeterministicModel(n_levels, n_priors, width, depth)
+        return DeterministicModel(n_levels, n_priors, width, depth, position)
     if stage == "residual":
-        return ResidualModel(n_levels, n_priors, width, depth)
+        return ResidualModel(n_levels, n_priors, width, depth, position)
     raise ValueError(f"unknown model stage {stage!r}: deterministic | residual")
 
 

@@ -4,9 +4,12 @@ Tensors are ``[B, C, L, H, W]``. Down- and up-sampling act on lat/lon only (stri
 (1, 2, 2)); the few pressure levels are kept at every scale. Grids whose H or W is not
 a multiple of 2^depth are padded (replicate) and the output is cropped back.
 
-Extra input channels are added internally: sin/cos of the normalised lat and lon
-index and an encoding of the level index (learned per level when ``n_levels`` is
-given, sin/cos of the normalised index otherwise).
+One extra input is added internally: an encoding of the level index (learned per
+level when ``n_levels`` is given, sin/cos of the normalised index otherwise). Nothing
+encodes the horizontal position: the network is a function of its input fields alone,
+so a model trained on one box (or on patches of it) applies to any box at the same
+resolution (where a model knows its position, it is from the inputs:
+config ``model.position``).
 
 Physics-prior branch (``prior_channels > 0``): a small 3D conv encoder over the
 priors whose features are added to the U-Net encoder at every scale through
@@ -35,33 +38,62 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-LATLON_CHANNELS = 4
-"""sin and cos of the normalised lat index and of the normalised lon index."""
 LEVEL_CHANNELS = 4
 """Width of the learned level embedding (the sinusoidal level encoding has 2 channels)."""
 
 
+NORM_WINDOW = 7
+"""Side of the horizontal neighbourhood over which :class:`LocalGroupNorm` takes its statistics, cells of its scale."""
+
+
 def _groups(channels: int) -> int:
-    """Number of GroupNorm groups: up to 8, dividing `channels`."""
+    """Number of normalisation groups: up to 8, dividing `channels`."""
     return math.gcd(channels, 8)
+
+
+def window_mean(v: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean of `v` [N, C, D, H, W] over the `window` x `window` (H, W) neighbourhood of each point that lies
+    inside the field (fewer points at the edges)."""
+    half = window // 2
+    pad = (half, half, half, half, 0, 0)
+    total = F.avg_pool3d(F.pad(v, pad), (1, window, window), stride=1)
+    inside = F.avg_pool3d(F.pad(torch.ones_like(v[:1, :1]), pad), (1, window, window), stride=1)
+    return total / inside
+
+
+class LocalGroupNorm(nn.Module):
+    """GroupNorm whose statistics are those of a neighbourhood: at each point, the mean and variance of
+    its group's channels over every level and the :data:`NORM_WINDOW` x :data:`NORM_WINDOW` horizontal
+    neighbourhood (clipped at the field's edges), then a per-channel scale and shift.
+
+    GroupNorm takes them over the whole field, which ties a network to the size of the fields it was
+    trained on: a larger box, a training patch or an inference tile changes every output. Here a point
+    depends on its surroundings only, so the network is one function on any box, patch or tile
+    (tests/test_unet.py; tiled inference, geodiff.downscale.tiles). At 300 steps of the default U-Net
+    it also trained better than GroupNorm (validation RMSE 0.47 K against 0.58 K), where per-point
+    normalisations lost (over the channels, as ConvNeXt: 0.68 K; over channels and levels: 0.66 K) and
+    none at all failed (0.95 K). Computed in float32, as autocast runs GroupNorm.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.groups, self.eps = _groups(channels), eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, *rest = x.shape
+        xg = x.float().reshape(b, self.groups, c // self.groups, *rest)
+        mean = window_mean(xg.mean((2, 3)).unsqueeze(2), NORM_WINDOW)[:, :, None]
+        mean_sq = window_mean(xg.square().mean((2, 3)).unsqueeze(2), NORM_WINDOW)[:, :, None]
+        y = (xg - mean) * torch.rsqrt((mean_sq - mean.square()).clamp_min(0.0) + self.eps)
+        shape = (1, c, *[1] * len(rest))
+        return y.reshape(x.shape) * self.weight.reshape(shape) + self.bias.reshape(shape)
 
 
 def _index_angle(n: int, like: torch.Tensor) -> torch.Tensor:
     """Angles π i/(n − 1) for i = 0..n−1 (0 for n = 1): the normalised index on a half circle."""
     return torch.linspace(0.0, math.pi, n, dtype=like.dtype, device=like.device) if n > 1 else like.new_zeros(1)
-
-
-def latlon_channels(like: torch.Tensor) -> torch.Tensor:
-    """Positional encodings [B, 4, L, H, W] of a [B, C, L, H, W] tensor.
-
-    (sin a_j, cos a_j, sin b_k, cos b_k) with a_j = π j/(H − 1), b_k = π k/(W − 1):
-    each (sin, cos) pair is a distinct point of the half circle for every index.
-    """
-    b, _, n_lev, h, w = like.shape
-    a = _index_angle(h, like)[:, None].expand(h, w)
-    c = _index_angle(w, like)[None, :].expand(h, w)
-    feats = torch.stack([a.sin(), a.cos(), c.sin(), c.cos()])  # [4, H, W]
-    return feats[None, :, None].expand(b, -1, n_lev, -1, -1)
 
 
 def level_channels(like: torch.Tensor) -> torch.Tensor:
@@ -101,13 +133,13 @@ class NoiseEmbedding(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """x + Conv(SiLU(GN(Conv(SiLU(GN(x)))) · (1 + scale) + shift)) with (scale, shift) from the noise embedding."""
+    """x + Conv(SiLU(N(Conv(SiLU(N(x)))) · (1 + scale) + shift)) with N a LocalGroupNorm and (scale, shift) from the noise embedding."""
 
     def __init__(self, cin: int, cout: int, emb_channels: int = 0) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.norm1 = LocalGroupNorm(cin)
         self.conv1 = nn.Conv3d(cin, cout, 3, padding=1)
-        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.norm2 = LocalGroupNorm(cout)
         self.conv2 = nn.Conv3d(cout, cout, 3, padding=1)
         self.affine = nn.Linear(emb_channels, 2 * cout) if emb_channels else None
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
@@ -134,7 +166,7 @@ class UNet3D(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,  # input fields, without the internal positional/level encodings
+        in_channels: int,  # input fields, without the internal level encoding
         out_channels: int,  # predicted fields
         prior_channels: int = 0,  # physics-prior fields; 0: no prior branch
         width: int = 32,  # channels at the finest scale, doubled at every coarser one
@@ -147,7 +179,7 @@ class UNet3D(nn.Module):
         chans = [width * 2**i for i in range(depth + 1)]
         emb = noise_channels
         self.level_embed = nn.Embedding(n_levels, LEVEL_CHANNELS) if n_levels else None
-        n_enc = LATLON_CHANNELS + (LEVEL_CHANNELS if n_levels else 2)
+        n_enc = LEVEL_CHANNELS if n_levels else 2
         self.embed = NoiseEmbedding(noise_channels) if noise_channels else None
 
         self.stem = nn.Conv3d(in_channels + n_enc, width, 3, padding=1)
@@ -156,14 +188,14 @@ class UNet3D(nn.Module):
         self.mid = ResBlock(chans[-1], chans[-1], emb)
         self.up = nn.ModuleList(nn.Conv3d(chans[i + 1], c, (1, 3, 3), padding=(0, 1, 1)) for i, c in enumerate(chans[:-1]))
         self.dec = nn.ModuleList(ResBlock(2 * c, c, emb) for c in chans[:-1])
-        self.head = nn.Sequential(nn.GroupNorm(_groups(width), width), nn.SiLU(), nn.Conv3d(width, out_channels, 3, padding=1))
+        self.head = nn.Sequential(LocalGroupNorm(width), nn.SiLU(), nn.Conv3d(width, out_channels, 3, padding=1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
         if prior_channels:
             self.prior_stem = nn.Conv3d(prior_channels, width, 3, padding=1)
             self.prior_enc = nn.ModuleList(
-                nn.Sequential(nn.Conv3d(chans[max(i - 1, 0)], c, 3, padding=1), nn.GroupNorm(_groups(c), c), nn.SiLU())
+                nn.Sequential(nn.Conv3d(chans[max(i - 1, 0)], c, 3, padding=1), LocalGroupNorm(c), nn.SiLU())
                 for i, c in enumerate(chans)
             )
             self.prior_down = nn.ModuleList(_down(c) for c in chans[:-1])
@@ -171,7 +203,7 @@ class UNet3D(nn.Module):
         log.debug("UNet3D: %d parameters, scales %s", sum(p.numel() for p in self.parameters()), chans)
 
     def encodings(self, x: torch.Tensor) -> torch.Tensor:
-        """The internal input channels of `x`: lat/lon encodings and the level encoding."""
+        """The internal input channels of `x`: the level encoding."""
         if self.level_embed is None:
             lev = level_channels(x)
         else:
@@ -179,7 +211,7 @@ class UNet3D(nn.Module):
                 raise ValueError(f"UNet3D built for {self.n_levels} levels, got {x.shape[2]}")
             table = self.level_embed.weight.to(x.dtype).t()  # [LEVEL_CHANNELS, L]
             lev = table[None, :, :, None, None].expand(x.shape[0], -1, -1, *x.shape[-2:])
-        return torch.cat([latlon_channels(x), lev], dim=1)
+        return lev
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         """Replicate-pad lat/lon at the far edges up to multiples of 2^depth."""

@@ -22,7 +22,7 @@ from geodiff.config_keys import config_value
 from geodiff.provenance import config_hash
 
 STAGES = ("deterministic", "residual")
-_SHARED = ("seed", "priors.names", "model.use_priors", "model.depth", "train.batch_size", "train.lr",
+_SHARED = ("seed", "priors.names", "model.use_priors", "model.depth", "model.position", "train.batch_size", "train.lr",
            "train.grad_clip", "train.amp", "train.crop")
 STAGE_KEYS = {
     "deterministic": (*_SHARED, "model.width", "loss", "train.deterministic_steps"),
@@ -66,6 +66,7 @@ class TrainConfig:
     prior_names: tuple[str, ...]  # priors fed to the networks; empty when model.use_priors is false
     width: int  # channels at the finest scale of this stage's U-Net
     depth: int  # lat/lon down-sampling steps of the U-Net
+    position: str  # what the networks know of a cell's position (model.position: none | latlon)
     batch_size: int  # samples per optimiser step on each rank
     lr: float  # peak learning rate (AdamW, warm-up then cosine decay)
     steps: int  # optimiser steps of this stage
@@ -91,6 +92,7 @@ class TrainConfig:
             prior_names=tuple(get("priors.names")) if get("model.use_priors") else (),
             width=int(get("model.width" if deterministic else "model.residual_width")),
             depth=int(get("model.depth")),
+            position=str(get("model.position")),
             batch_size=int(get("train.batch_size")),
             lr=float(get("train.lr")),
             steps=int(get(f"train.{stage}_steps")),

@@ -147,7 +147,7 @@ def _build(stage: str, cfg: TrainConfig, ctx: DistContext, train_path: str, dete
     """Data, model (with the store's statistics), optimiser, schedule, EMA and loss of a fresh run."""
     seed_everything(cfg.seed)  # the initial weights: DDP also broadcasts rank 0's
     prior_names = list(cfg.prior_names)
-    dataset = StoreDataset(train_path, prior_names, crop=cfg.crop, seed=cfg.seed)
+    dataset = StoreDataset(train_path, prior_names, crop=cfg.crop, seed=cfg.seed, position=cfg.position)
     _check_stats(train_path, dataset)
     sampler = EpochSampler(dataset, ctx.world_size, ctx.rank, seed=cfg.seed)
     batch_size = min(rank_batch_size(cfg.batch_size, ctx.world_size), len(sampler))
@@ -155,7 +155,7 @@ def _build(stage: str, cfg: TrainConfig, ctx: DistContext, train_path: str, dete
     levels = store_info(train_path)["levels"]
     mean, std = torch.from_numpy(dataset.t_mean.ravel()), torch.from_numpy(dataset.t_std.ravel())
 
-    model = build_model(stage, len(levels), len(prior_names), cfg.width, cfg.depth)
+    model = build_model(stage, len(levels), len(prior_names), cfg.width, cfg.depth, cfg.position)
     model.t_mean.copy_(mean)
     model.t_std.copy_(std)
     model.prior_names = prior_names

@@ -26,7 +26,7 @@ def validate(stage, model, deterministic, val_path, prior_names, device) -> dict
     to K, at each σ of :data:`VALIDATION_SIGMAS` (``denoise_rmse_K_sigma<σ>``) and over all
     of them (``denoise_rmse_K``); the noise n ~ N(0, I) is drawn from :data:`VALIDATION_SEED`.
     """
-    dataset = StoreDataset(val_path, prior_names)
+    dataset = StoreDataset(val_path, prior_names, position=model.arch["position"])
     std = torch.from_numpy(dataset.t_std).to(device)
     model.eval()
     if stage == "deterministic":

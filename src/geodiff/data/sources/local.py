@@ -86,15 +86,26 @@ def fetch_month(config: dict, year: int, month: int, workdir: Path | None = None
             f"data.local.paths: none of {len(files)} files has data for {year:04d}-{month:02d} "
             f"({', '.join(map(str, files[:3]))}{' ...' if len(files) > 3 else ''})"
         )
+    if len(pieces) > 1:
+        log.info("local %d-%02d: combining %d files", year, month, len(pieces))
+    return combine(pieces, used)
+
+
+def combine(pieces: list[xr.Dataset], origins: list[str]) -> tuple[xr.Dataset, str]:
+    """Canonical datasets read from the files `origins` as one (different times and different variables
+    are merged; overlapping data must agree), and the files' names joined.
+
+    Raises:
+        DataError: the files disagree where they overlap.
+    """
     if len(pieces) == 1:
-        return pieces[0], used[0]
-    origin = ", ".join(used)
+        return pieces[0], origins[0]
+    origin = ", ".join(origins)
     try:
         merged = xr.merge(pieces, join="outer", compat="no_conflicts", combine_attrs="drop_conflicts")
     except (ValueError, xr.MergeError) as err:
         raise DataError(f"{origin}: the files disagree where they overlap ({err})") from err
     merged.attrs["source_file"] = origin
-    log.info("local %d-%02d: combined %d files", year, month, len(pieces))
     return merged, origin
 
 

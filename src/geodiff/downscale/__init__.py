@@ -1,0 +1,1 @@
+"""Applying a trained model to coarse data that has no fine truth (`geodiff downscale`)."""
