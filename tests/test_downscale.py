@@ -166,6 +166,18 @@ def test_two_ranks_write_the_file_of_one(run, tmp_path):
     assert float(np.abs(one["t"][0] - one["t"][1]).max()) > 0.1
 
 
+def test_cmip_names_read_as_the_same_field(run, tmp_path):
+    """`ta` on `plev` in Pa (CMIP) gives the temperatures of the GFS file it was written from, on the model's levels."""
+    bundle = load_bundle(models(run))
+    gfs = canonicalize(open_any(GFS), "local", str(GFS))
+    cmip = xr.Dataset({"ta": (("time", "plev", "lat", "lon"), gfs["t"].values, {"units": "K", "standard_name": "air_temperature"})},
+                      coords={"time": gfs["time"].values, "plev": ("plev", gfs["level"].values * 100.0, {"units": "Pa"}),
+                              "lat": gfs["lat"].values, "lon": gfs["lon"].values})
+    cmip.to_netcdf(tmp_path / "ta_Amon.nc")
+    ds, _ = read_input([str(tmp_path / "ta_Amon.nc")], bundle.levels)
+    np.testing.assert_array_equal(ds["t"].values, gfs["t"].sel(level=bundle.levels).values)
+
+
 def test_inputs_it_cannot_use_are_refused_by_name(run, tmp_path):
     bundle = load_bundle(models(run))
     with pytest.raises(DataError, match=r"missing levels 1000, 700, 300 hPa"):
@@ -181,6 +193,13 @@ def test_inputs_it_cannot_use_are_refused_by_name(run, tmp_path):
         on_coarse_grid(ds, source, lr, origin)
     with pytest.raises(ValueError, match=r"--box .* whole coarse cells of 1°"):
         model_grids(0.25, 4, [30.0, 31.5, -100.0, -99.0], source)
+    # the command says it in one line and writes nothing
+    grib, out = REAL / "era5" / "pl_regular_ll.grib", tmp_path / "out.nc"
+    proc = subprocess.run([sys.executable, "-m", "geodiff", "downscale", "--model", str(models(run)), "--input", str(grib),
+                           "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and not out.exists()
+    assert proc.stderr.strip().splitlines()[-1] == (f"geodiff downscale: {grib}: grid spacing 10° is coarser than 2x the "
+                                                   "model's coarse grid (1°): the model downscales from 1°")
 
 
 def test_a_bundle_whose_model_was_swapped_is_refused(run, tmp_path):

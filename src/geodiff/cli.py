@@ -103,9 +103,12 @@ def score_checkpoints(args: argparse.Namespace) -> None:
 def cmd_downscale(args: argparse.Namespace) -> None:
     from geodiff.downscale.generate import downscale
 
-    downscale(args.model, args.input, args.out, members=args.members, statics=args.statics, box=args.box,
-              steps=args.steps, tile=args.tile or None, overlap=args.overlap, seed=args.seed, device=args.device,
-              constraint=args.constraint)
+    try:
+        downscale(args.model, args.input, args.out, members=args.members, statics=args.statics, box=args.box,
+                  steps=args.steps, tile=args.tile or None, overlap=args.overlap, seed=args.seed, device=args.device,
+                  constraint=args.constraint)
+    except (OSError, ValueError) as err:  # DataError is a ValueError: bad input, named; nothing is written
+        raise SystemExit(f"geodiff downscale: {err}") from None
 
 
 def parser() -> argparse.ArgumentParser:
