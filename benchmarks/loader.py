@@ -59,7 +59,7 @@ def loader_rate(store: str, priors: list[str], batch_size: int, batches: int) ->
 def training_rate(store: str, config: dict, batch_size: int, steps: int) -> float:
     dataset = StoreDataset(store, config["priors"]["names"])
     cfg = TrainConfig.from_config(config, "deterministic")
-    model = build_model("deterministic", len(config["levels"]), len(cfg.prior_names), cfg.width, cfg.depth, cfg.position)
+    model = build_model("deterministic", len(config["levels"]), len(cfg.prior_names), cfg.width, cfg.depth, cfg.position, cfg.norm)
     physics = PhysicsLoss(cfg.loss_weights, cfg.charbonnier_eps, config["levels"], torch.from_numpy(dataset.t_mean.ravel()), torch.from_numpy(dataset.t_std.ravel()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = next(iter(DataLoader(dataset, batch_size=batch_size)))

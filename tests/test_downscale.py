@@ -24,6 +24,7 @@ from geodiff.downscale.inputs import box_statics, grid_of, model_grids, on_coars
 from geodiff.downscale.tiles import Tiling, tile_starts
 from test_constraint import block_mean
 from test_scale_out import free_port
+from workflow_run import cf_problems
 
 pytestmark = pytest.mark.slow
 REAL = Path(__file__).parents[2] / "shared" / "data" / "real"
@@ -77,6 +78,7 @@ def test_gfs_at_one_degree_becomes_a_quarter_degree_ensemble(gfs, run):
     np.testing.assert_allclose(ds["t_mean"], ds["t"].mean("realization"), rtol=0, atol=1e-4)
     np.testing.assert_allclose(ds["t_spread"], ds["t"].std("realization", ddof=1), rtol=0, atol=1e-4)
     assert ds["t"].encoding["chunksizes"] == (1, 1, 5, 80, 120)  # one time step (and member) per chunk
+    assert cf_problems(Path(ds.encoding["source"])) == []
 
 
 def lapse_rates(t: np.ndarray, p: np.ndarray) -> list[np.ndarray]:

@@ -55,7 +55,7 @@ def test_residual_scale_ignores_missing_truth():
 
 
 def test_scale_round_trip_and_unit_variance():
-    model = ResidualModel(n_levels=3, n_priors=0, width=8, depth=1, position="none")
+    model = ResidualModel(n_levels=3, n_priors=0, width=8, depth=1, position="none", norm="group")
     model.r_scale.copy_(torch.tensor([2.0, 1.0, 0.25]))
     r = torch.randn(5, 1, 3, 6, 7) * model.r_scale[:, None, None]
     torch.testing.assert_close(model.unscale(model.scale(r)), r)
@@ -68,7 +68,7 @@ def test_untrained_residual_model_draws_the_residual_spread_per_level():
     """An untrained denoiser is D = c_skip x, the exact denoiser of N(0, 1) in scaled units;
     unscaled, its draws have the training residual's RMS at each level, not one global σd."""
     torch.manual_seed(0)
-    model = ResidualModel(n_levels=3, n_priors=0, width=8, depth=1, position="none").eval()
+    model = ResidualModel(n_levels=3, n_priors=0, width=8, depth=1, position="none", norm="group").eval()
     model.r_scale.copy_(torch.tensor([2.0, 1.0, 0.25]))
     cond = torch.randn(2, 4, 3, 8, 8)
     draws = model.unscale(sample_ensemble(model, cond, None, members=64, num_steps=18,

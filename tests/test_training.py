@@ -118,8 +118,8 @@ def test_residual_validation_scores_the_residual_model(stores):
     E[(D(r̃ + σn) − r̃)²] = (1 − c)² r̃² + c² σ², c = 1/(1 + σ²) (σd = 1), times (s_l std_l)² in K²."""
     _, d = stores
     val = str(d / "val.h5")
-    det = DeterministicModel(n_levels=5, n_priors=3, width=8, depth=1, position="none").eval()  # untrained: ŷ = x
-    residual = ResidualModel(n_levels=5, n_priors=3, width=8, depth=1, position="none").eval()
+    det = DeterministicModel(n_levels=5, n_priors=3, width=8, depth=1, position="none", norm="group").eval()  # untrained: ŷ = x
+    residual = ResidualModel(n_levels=5, n_priors=3, width=8, depth=1, position="none", norm="group").eval()
     residual.r_scale.copy_(torch.tensor([2.0, 1.5, 1.0, 0.7, 0.5]))
     metrics = validate("residual", residual, det, val, PRIORS, "cpu")
 

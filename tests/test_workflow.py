@@ -1,6 +1,5 @@
 """The whole workflow, end to end, on config/test.yaml in a temporary copy of the repository."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from geodiff.checkpoint import load_checkpoint
 from geodiff.data.grid import Grid
 from geodiff.provenance import config_hash
 from test_constraint import block_mean
-from workflow_run import ROOT, config_variant, copy_workflow, planned_jobs, snakemake
+from workflow_run import ROOT, cf_problems, config_variant, copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 RUN = "results/test"
@@ -227,12 +226,7 @@ def test_skill_is_no_worse_than_the_reference_run(run):
                                   "downscaled/march.nc"])
 def test_every_kind_of_netcdf_output_passes_the_cf_checker(run, name):
     """The IOOS compliance checker (CF 1.8) finds nothing to correct in any kind of file the workflow writes."""
-    checker = Path(sys.executable).parent / "compliance-checker"
-    proc = subprocess.run([str(checker), "--test", "cf:1.8", "--format", "json", "-o", "-", str(run / RUN / name)],
-                          capture_output=True, text=True)
-    (result,) = json.loads(proc.stdout).values()
-    problems = [msg for item in result["all_priorities"] for msg in item["msgs"]]
-    assert result["scored_points"] == result["possible_points"] and not problems, problems
+    assert cf_problems(run / RUN / name) == []
 
 
 def test_nothing_left_to_do_and_evaluation_only_reruns(run):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -50,3 +51,13 @@ def config_variant(repo: Path, name: str, replacements: list[tuple[str, str]], b
         text = text.replace(old, new)
     (repo / "config" / f"{name}.yaml").write_text(text)
     return f"config/{name}.yaml"
+
+
+def cf_problems(path: Path) -> list[str]:
+    """What the IOOS compliance checker (CF 1.8) would have corrected in a NetCDF file (empty: nothing)."""
+    checker = Path(sys.executable).parent / "compliance-checker"
+    proc = subprocess.run([str(checker), "--test", "cf:1.8", "--format", "json", "-o", "-", str(path)],
+                          capture_output=True, text=True)
+    (result,) = json.loads(proc.stdout).values()
+    problems = [msg for item in result["all_priorities"] for msg in item["msgs"]]
+    return problems or ([] if result["scored_points"] == result["possible_points"] else ["points lost without a message"])

@@ -49,11 +49,11 @@ class _Normalised(nn.Module):
 class DeterministicModel(_Normalised):
     """ŷ = x + U-Net([x, statics], priors), all [B, 1, L, H, W] in normalised units."""
 
-    def __init__(self, n_levels: int, n_priors: int, width: int, depth: int, position: str) -> None:
+    def __init__(self, n_levels: int, n_priors: int, width: int, depth: int, position: str, norm: str) -> None:
         super().__init__(n_levels)
         self.arch = dict(stage="deterministic", n_levels=n_levels, n_priors=n_priors, width=width, depth=depth,
-                         position=position)
-        self.net = UNet3D(1 + static_channels(position), 1, prior_channels=n_priors, width=width, depth=depth)
+                         position=position, norm=norm)
+        self.net = UNet3D(1 + static_channels(position), 1, prior_channels=n_priors, width=width, depth=depth, norm=norm)
 
     def forward(self, lr_up: torch.Tensor, static: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
         x = torch.cat([lr_up, broadcast_static(static, lr_up.shape[2])], dim=1)
@@ -69,13 +69,13 @@ class ResidualModel(_Normalised):
 
     sigma_data = 1.0
 
-    def __init__(self, n_levels: int, n_priors: int, width: int, depth: int, position: str) -> None:
+    def __init__(self, n_levels: int, n_priors: int, width: int, depth: int, position: str, norm: str) -> None:
         super().__init__(n_levels)
         self.arch = dict(stage="residual", n_levels=n_levels, n_priors=n_priors, width=width, depth=depth,
-                         position=position)
+                         position=position, norm=norm)
         self.register_buffer("r_scale", torch.ones(n_levels))
         n_cond = 2 + static_channels(position)
-        net = UNet3D(1 + n_cond, 1, prior_channels=n_priors, width=width, depth=depth, noise_channels=width)
+        net = UNet3D(1 + n_cond, 1, prior_channels=n_priors, width=width, depth=depth, noise_channels=width, norm=norm)
         self.precond = EDMPrecond(net, sigma_data=self.sigma_data)
         self.sigma_min, self.sigma_max = self.precond.sigma_min, self.precond.sigma_max
 
@@ -97,13 +97,13 @@ class ResidualModel(_Normalised):
         return self.precond(x, sigma, cond, priors if priors is not None and priors.numel() else None)
 
 
-def build_model(stage: str, n_levels: int, n_priors: int, width: int, depth: int, position: str) -> nn.Module:
-    """A fresh model of `stage` ("deterministic" or "residual") with a U-Net of `width` and `depth`
-    and the static channels of `position` (config ``model.position``)."""
+def build_model(stage: str, n_levels: int, n_priors: int, width: int, depth: int, position: str, norm: str) -> nn.Module:
+    """A fresh model of `stage` ("deterministic" or "residual") with a U-Net of `width`, `depth` and
+    normalisation `norm` (config ``model.norm``), and the static channels of `position` (``model.position``)."""
     if stage == "deterministic":
-        return DeterministicModel(n_levels, n_priors, width, depth, position)
+        return DeterministicModel(n_levels, n_priors, width, depth, position, norm)
     if stage == "residual":
-        return ResidualModel(n_levels, n_priors, width, depth, position)
+        return ResidualModel(n_levels, n_priors, width, depth, position, norm)
     raise ValueError(f"unknown model stage {stage!r}: deterministic | residual")
 
 

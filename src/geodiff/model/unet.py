@@ -74,10 +74,12 @@ class LocalGroupNorm(nn.Module):
     GroupNorm takes them over the whole field, which ties a network to the size of the fields it was
     trained on: a larger box, a training patch or an inference tile changes every output. Here a point
     depends on its surroundings only, so the network is one function on any box, patch or tile
-    (tests/test_unet.py; tiled inference, geodiff.downscale.tiles). At 300 steps of the default U-Net
-    it also trained better than GroupNorm (validation RMSE 0.47 K against 0.58 K), where per-point
-    normalisations lost (over the channels, as ConvNeXt: 0.68 K; over channels and levels: 0.66 K) and
-    none at all failed (0.95 K). Computed in float32, as autocast runs GroupNorm.
+    (tests/test_unet.py; tiled inference, geodiff.downscale.tiles): config ``model.norm: local``.
+    On the default U-Net it trained better than GroupNorm (validation RMSE 0.47 K against 0.58 K at
+    300 steps, 0.317 K against 0.332 K at 800), where per-point normalisations lost (over the
+    channels, as ConvNeXt: 0.68 K; over channels and levels: 0.66 K) and none at all failed
+    (0.95 K); but its training steps cost 1.5-3x GroupNorm's fused kernel on a CPU, which is why
+    it is not the default. Statistics in float32, as autocast runs GroupNorm.
     """
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
@@ -89,9 +91,12 @@ class LocalGroupNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, levels, h, w = x.shape
         g = self.groups
-        xg = x.float().reshape(b, g, c // g, levels, h, w)
-        # the point's own E[x] and E[x²], [B, G, H, W] (torch.var_mean over these dims is 30x slower on CPU)
-        moments = torch.stack([xg.mean((2, 3)), xg.square().mean((2, 3))], dim=2)
+        xg = x.reshape(b, g, c // g, levels, h, w)
+        # the point's own E[x] and E[x²], [B, G, H, W], accumulated in float32 without a float32 copy of x
+        # (torch.var_mean over these dims is 30x slower on CPU)
+        n, acc = (c // g) * levels, torch.promote_types(x.dtype, torch.float32)
+        moments = torch.stack([xg.mean((2, 3), dtype=acc), torch.linalg.vector_norm(xg, dim=(2, 3), dtype=acc).square() / n],
+                              dim=2)
         both = window_mean(moments, NORM_WINDOW)  # [B, G, 2, H, W]
         mean, mean_sq = both[:, :, 0], both[:, :, 1]
         rstd = torch.rsqrt((mean_sq - mean.square()).clamp_min(0.0) + self.eps)
@@ -142,14 +147,18 @@ class NoiseEmbedding(nn.Module):
         return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=1))
 
 
-class ResBlock(nn.Module):
-    """x + Conv(SiLU(N(Conv(SiLU(N(x)))) · (1 + scale) + shift)) with N a LocalGroupNorm and (scale, shift) from the noise embedding."""
+NORMS = {"group": lambda c: nn.GroupNorm(_groups(c), c), "local": lambda c: LocalGroupNorm(c)}
+"""Feature normalisations by config ``model.norm``: GroupNorm over the whole field, or over a neighbourhood."""
 
-    def __init__(self, cin: int, cout: int, emb_channels: int = 0) -> None:
+
+class ResBlock(nn.Module):
+    """x + Conv(SiLU(N(Conv(SiLU(N(x)))) · (1 + scale) + shift)) with N of :data:`NORMS` and (scale, shift) from the noise embedding."""
+
+    def __init__(self, cin: int, cout: int, emb_channels: int = 0, norm: str = "group") -> None:
         super().__init__()
-        self.norm1 = LocalGroupNorm(cin)
+        self.norm1 = NORMS[norm](cin)
         self.conv1 = nn.Conv3d(cin, cout, 3, padding=1)
-        self.norm2 = LocalGroupNorm(cout)
+        self.norm2 = NORMS[norm](cout)
         self.conv2 = nn.Conv3d(cout, cout, 3, padding=1)
         self.affine = nn.Linear(emb_channels, 2 * cout) if emb_channels else None
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
@@ -183,6 +192,7 @@ class UNet3D(nn.Module):
         depth: int = 2,  # number of (1, 2, 2) down-sampling steps
         noise_channels: int = 0,  # size of the c_noise embedding; 0: not a denoiser
         n_levels: int | None = None,  # levels, for a learned level embedding; None: sinusoidal
+        norm: str = "group",  # feature normalisation, one of NORMS (config model.norm)
     ) -> None:
         super().__init__()
         self.depth, self.n_levels, self.prior_channels = depth, n_levels, prior_channels
@@ -193,19 +203,19 @@ class UNet3D(nn.Module):
         self.embed = NoiseEmbedding(noise_channels) if noise_channels else None
 
         self.stem = nn.Conv3d(in_channels + n_enc, width, 3, padding=1)
-        self.enc = nn.ModuleList(ResBlock(chans[max(i - 1, 0)], c, emb) for i, c in enumerate(chans))
+        self.enc = nn.ModuleList(ResBlock(chans[max(i - 1, 0)], c, emb, norm) for i, c in enumerate(chans))
         self.down = nn.ModuleList(_down(c) for c in chans[:-1])
-        self.mid = ResBlock(chans[-1], chans[-1], emb)
+        self.mid = ResBlock(chans[-1], chans[-1], emb, norm)
         self.up = nn.ModuleList(nn.Conv3d(chans[i + 1], c, (1, 3, 3), padding=(0, 1, 1)) for i, c in enumerate(chans[:-1]))
-        self.dec = nn.ModuleList(ResBlock(2 * c, c, emb) for c in chans[:-1])
-        self.head = nn.Sequential(LocalGroupNorm(width), nn.SiLU(), nn.Conv3d(width, out_channels, 3, padding=1))
+        self.dec = nn.ModuleList(ResBlock(2 * c, c, emb, norm) for c in chans[:-1])
+        self.head = nn.Sequential(NORMS[norm](width), nn.SiLU(), nn.Conv3d(width, out_channels, 3, padding=1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
         if prior_channels:
             self.prior_stem = nn.Conv3d(prior_channels, width, 3, padding=1)
             self.prior_enc = nn.ModuleList(
-                nn.Sequential(nn.Conv3d(chans[max(i - 1, 0)], c, 3, padding=1), LocalGroupNorm(c), nn.SiLU())
+                nn.Sequential(nn.Conv3d(chans[max(i - 1, 0)], c, 3, padding=1), NORMS[norm](c), nn.SiLU())
                 for i, c in enumerate(chans)
             )
             self.prior_down = nn.ModuleList(_down(c) for c in chans[:-1])

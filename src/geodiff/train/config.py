@@ -22,7 +22,7 @@ from geodiff.config_keys import config_value
 from geodiff.provenance import config_hash
 
 STAGES = ("deterministic", "residual")
-_SHARED = ("seed", "priors.names", "model.use_priors", "model.depth", "model.position", "train.batch_size", "train.lr",
+_SHARED = ("seed", "priors.names", "model.use_priors", "model.depth", "model.position", "model.norm", "train.batch_size", "train.lr",
            "train.grad_clip", "train.amp", "train.crop")
 STAGE_KEYS = {
     "deterministic": (*_SHARED, "model.width", "loss", "train.deterministic_steps"),
@@ -67,6 +67,7 @@ class TrainConfig:
     width: int  # channels at the finest scale of this stage's U-Net
     depth: int  # lat/lon down-sampling steps of the U-Net
     position: str  # what the networks know of a cell's position (model.position: none | latlon)
+    norm: str  # feature normalisation of the U-Nets (model.norm: group | local)
     batch_size: int  # samples per optimiser step on each rank
     lr: float  # peak learning rate (AdamW, warm-up then cosine decay)
     steps: int  # optimiser steps of this stage
@@ -93,6 +94,7 @@ class TrainConfig:
             width=int(get("model.width" if deterministic else "model.residual_width")),
             depth=int(get("model.depth")),
             position=str(get("model.position")),
+            norm=str(get("model.norm")),
             batch_size=int(get("train.batch_size")),
             lr=float(get("train.lr")),
             steps=int(get(f"train.{stage}_steps")),

@@ -155,7 +155,7 @@ def _build(stage: str, cfg: TrainConfig, ctx: DistContext, train_path: str, dete
     levels = store_info(train_path)["levels"]
     mean, std = torch.from_numpy(dataset.t_mean.ravel()), torch.from_numpy(dataset.t_std.ravel())
 
-    model = build_model(stage, len(levels), len(prior_names), cfg.width, cfg.depth, cfg.position)
+    model = build_model(stage, len(levels), len(prior_names), cfg.width, cfg.depth, cfg.position, cfg.norm)
     model.t_mean.copy_(mean)
     model.t_std.copy_(std)
     model.prior_names = prior_names
