@@ -3,7 +3,8 @@
     python benchmarks/crop_training.py [--config config/config.yaml] [--crops 16] [--positions none latlon]
                                        [--out results/crop_training]
 
-Trains the deterministic U-Net of the config (its stores results/<run_name>/priors/{train,val}.h5
+Trains the deterministic U-Net of the config with `model.norm: local` (GroupNorm's statistics over
+a whole patch are not those over a whole field; its stores results/<run_name>/priors/{train,val}.h5
 must exist: build them with snakemake first) on whole fields and on random square patches of
 each `--crops` size, for each `model.position` (none: the network sees its input fields only;
 latlon: sin and cos of latitude and longitude as extra static channels), at the config's step
@@ -29,7 +30,7 @@ from geodiff.data.grid import Grid
 
 def run(path: str, position: str, crop: int | None, same_cells: bool, out: Path) -> dict:
     """Validation RMSE (K), batch and training time of one (position, crop, batch)."""
-    config = resolved(path, {"model": {"position": position}, "train": {"crop": crop}})
+    config = resolved(path, {"model": {"position": position, "norm": "local"}, "train": {"crop": crop}})
     batch = config["train"]["batch_size"]
     if same_cells:
         hr = Grid.from_config(config["grid"]["hr"])

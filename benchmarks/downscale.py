@@ -31,7 +31,7 @@ RUN = """
 import resource, sys, time
 from geodiff.downscale.generate import downscale
 start = time.perf_counter()
-downscale(*sys.argv[1:4], members=int(sys.argv[4]), box={box}, steps=int(sys.argv[5]), tile={tile}, device="cpu")
+downscale(sys.argv[1], [sys.argv[2]], sys.argv[3], members=int(sys.argv[4]), box={box}, steps=int(sys.argv[5]), tile={tile}, device="cpu")
 print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
