@@ -179,10 +179,9 @@ def ensemble_dataset(t: xr.DataArray, attrs: dict) -> xr.Dataset:
     """CF dataset: `t` [realization, time, level, lat, lon], its member mean `t_mean` and standard deviation
     `t_spread` (ddof 1), K."""
     t = t.astype(np.float32).assign_attrs(CF_ATTRS["t"])
-    mean = t.mean(REALIZATION).assign_attrs(CF_ATTRS["t"], long_name="Air temperature, ensemble mean",
-                                            cell_methods="realization: mean")
-    spread = t.std(REALIZATION, ddof=1).assign_attrs(units="K", long_name="Air temperature, ensemble standard deviation",
-                                                     cell_methods="realization: standard_deviation")
+    # no cell_methods: CF names only dimensions or coordinates of the variable itself there
+    mean = t.mean(REALIZATION).assign_attrs(CF_ATTRS["t"], long_name="Air temperature, ensemble mean")
+    spread = t.std(REALIZATION, ddof=1).assign_attrs(units="K", long_name="Air temperature, ensemble standard deviation")
     ds = xr.Dataset({"t": t, "t_mean": mean.astype(np.float32), "t_spread": spread.astype(np.float32)})
     ds = ds.assign_coords({
         REALIZATION: (REALIZATION, t[REALIZATION].values, {"standard_name": "realization", "long_name": "ensemble member", "units": "1"}),
