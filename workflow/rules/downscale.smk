@@ -12,7 +12,7 @@ rule bundle:
     log:
         logs("bundle"),
     conda:
-        "../../envs/train.yaml"
+        "../../envs/train-cuda.yaml" if uses_gpu() else "../../envs/train.yaml"
     threads: 1
     resources:
         mem_mb=2000,
