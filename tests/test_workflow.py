@@ -71,7 +71,7 @@ def test_constrained_fields_coarsen_to_the_coarse_input(run):
     res = run / RUN
     with h5py.File(res / "priors/test.h5") as f:
         coarse = f["lr/t"][:].astype(np.float64)
-    grid = Grid(0.5, (40.0, 48.0), (0.0, 8.0))
+    grid = Grid(0.25, (40.0, 44.0), (0.0, 4.0))
     for name in ["baselines/test_deterministic", "samples/test_ensemble", "samples/test_ensemble_guided"]:
         with xr.open_dataset(res / f"{name}_constrained.nc") as ds, xr.open_dataset(res / f"{name}.nc") as plain:
             error = np.abs(block_mean(ds["t"].values, grid) - coarse).max()
@@ -327,12 +327,12 @@ SAMPLES = [f"samples/{split}_{name}.nc" for split in EVAL_SPLITS
 )
 def test_a_diffusion_setting_retrains_the_diffusion_model_only(run, old, new):
     planned = planned_after(run, "diffusion", [(old, new)])
-    assert planned == sorted([*SCORES, "figures/training.png", "models/residual.pt", *SAMPLES])
+    assert planned == sorted([*SCORES, "figures/training.png", "models/bundle.json", "models/residual.pt", *SAMPLES])
 
 
 def test_a_learning_rate_reruns_no_interpolation(run):
     planned = planned_after(run, "lr", [("lr: 2.0e-3", "lr: 1.0e-3")])
-    assert planned == sorted([*EVALUATION, "figures/training.png", "models/ablation_no_priors.pt",
+    assert planned == sorted([*EVALUATION, "figures/training.png", "models/ablation_no_priors.pt", "models/bundle.json",
                               "models/deterministic.pt", "models/residual.pt", *SAMPLES])
 
 
