@@ -164,6 +164,26 @@ def test_dataset_items_and_crops(months, tmp_path):
         StoreDataset(str(tmp_path / "train.h5"), ["n2"])
 
 
+def test_crops_reach_the_field_edges(months, tmp_path):
+    """A crop's centre is uniform over the field and the window kept inside it: a crop of 8 in 16 cells
+    holds the first row when its centre is one of the first 8 // 2 + 1 = 5 rows, in 5/16 of the
+    draws (a uniformly placed window: 1 in 16 - 8 + 1 = 9)."""
+    build(months, tmp_path / "train.h5")
+    full = StoreDataset(str(tmp_path / "train.h5"), [])
+    cropped = StoreDataset(str(tmp_path / "train.h5"), [], crop=8)
+    starts = []
+    for index in range(4):
+        hr = full[index]["hr"][0, 0].numpy()
+        for epoch in range(80):
+            crop = cropped[(index, epoch)]["hr"][0, 0].numpy()
+            found = [(y, x) for y in range(9) for x in range(9) if np.array_equal(hr[y:y + 8, x:x + 8], crop)]
+            assert len(found) == 1
+            starts.append(found[0])
+    starts = np.array(starts)
+    for axis in (0, 1):  # 320 draws: binomial standard deviation 0.026
+        assert abs(np.mean(starts[:, axis] == 0) - 5 / 16) < 0.08 and abs(np.mean(starts[:, axis] == 8) - 4 / 16) < 0.08
+
+
 def test_readers_give_the_stored_values_with_labels(months, tmp_path):
     build(months, tmp_path / "train.h5")
     path = str(tmp_path / "train.h5")

@@ -40,6 +40,12 @@ class Grid:
         """Build from a config block `{resolution, lat: [s, n], lon: [w, e]}`."""
         return cls(float(cfg["resolution"]), tuple(map(float, cfg["lat"])), tuple(map(float, cfg["lon"])))
 
+    @classmethod
+    def from_centres(cls, resolution: float, lat: np.ndarray, lon: np.ndarray) -> Grid:
+        """The grid of cells `resolution` degrees wide whose first and last centres are those of `lat` and `lon`."""
+        half = resolution / 2
+        return cls(resolution, (float(lat[0]) - half, float(lat[-1]) + half), (float(lon[0]) - half, float(lon[-1]) + half))
+
     @property
     def shape(self) -> tuple[int, int]:
         """(n_lat, n_lon)."""

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from geodiff.constants import POSITION_CHANNELS, STATICS
+from geodiff.constants import STATICS
 from geodiff.data.store import FULL, SampleReader, Window, read_statics, read_stats, store_coords, store_info
 
 
@@ -81,9 +81,16 @@ class StoreDataset(Dataset):
         return item
 
     def _window(self, seed: int) -> Window:
+        """The sample's crop: its centre a cell drawn uniformly from the whole field, the window moved back
+        inside the field where it would stick out. A field's edge cells are then in a crop about half as
+        often as its middle ones, where a uniformly placed window holds them once in n - crop + 1 draws:
+        the network meets the field's edges, where the interpolated input is least right, far more
+        often (validation RMSE of 16-cell patches of the default box 0.376 K against 0.424 K;
+        benchmarks/crop_training.py)."""
         if self.crop is None or self.crop >= min(self.hw):
             return FULL
-        y, x = np.random.default_rng(seed).integers(0, [n - self.crop + 1 for n in self.hw])
+        centre = np.random.default_rng(seed).integers(0, self.hw)
+        y, x = (int(np.clip(c - self.crop // 2, 0, n - self.crop)) for c, n in zip(centre, self.hw))
         return slice(y, y + self.crop), slice(x, x + self.crop)
 
 
@@ -101,10 +108,9 @@ def position_channels(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
 def static_fields(statics: dict[str, np.ndarray], stats: dict[str, tuple[np.ndarray, np.ndarray]], lat: np.ndarray,
                   lon: np.ndarray, position: str) -> np.ndarray:
     """The `static` input of the networks [S, H, W], float32: each of :data:`STATICS` normalised with its
-    (mean, std) from `stats`, then the channels of `position` (config ``model.position``) on the grid
-    of `lat`, `lon` (degrees)."""
-    if position not in POSITION_CHANNELS:
-        raise ValueError(f"model.position must be one of {sorted(POSITION_CHANNELS)}, not {position!r}")
+    (mean, std) from `stats`, then the channels of `position` (config ``model.position``, which the
+    schema holds to the keys of :data:`geodiff.constants.POSITION_CHANNELS`) on the grid of `lat`,
+    `lon` (degrees)."""
     fields = [(statics[n] - stats[n][0]) / stats[n][1] for n in STATICS]
     if position == "latlon":
         fields.extend(position_channels(lat, lon))

@@ -77,8 +77,10 @@ class Domain:
         lr_up = (torch.from_numpy(fine).to(self.device) - model.t_mean[:, None, None]) / model.t_std[:, None, None]
         names = self.bundle.prior_names
         priors = compute_priors(fine[None], self.bundle.levels, names)
-        normalised = [(priors[n][0] - m[:, None, None]) / s[:, None, None] for n, (m, s) in
-                      ((n, self.bundle.stats(n)) for n in names)]
+        normalised = []
+        for name in names:
+            mean, std = self.bundle.stats(name)
+            normalised.append((priors[name][0] - mean[:, None, None]) / std[:, None, None])
         p = torch.from_numpy(np.stack(normalised).astype(np.float32))[None] if names else torch.zeros(0)
         return {"lr_up": lr_up[None, None].float(), "priors": p.to(self.device), "static": self.static}
 

@@ -66,12 +66,9 @@ def grid_of(ds: xr.Dataset, where: str) -> Grid:
     if not np.isclose(res_lat, res_lon, rtol=1e-4):
         raise DataError(f"{where}: grid spacing {res_lat:g}° in latitude and {res_lon:g}° in longitude: "
                         "GeoDiff reads square grid cells; regrid the input first")
-    lat, lon = ds[LAT].values, ds[LON].values
-    half = res_lat / 2
-    lat_edges = (max(float(lat[0]) - half, -90.0), min(float(lat[-1]) + half, 90.0))
-    if lat_edges != (float(lat[0]) - half, float(lat[-1]) + half):  # cells cut at a pole: keep whole ones
-        lat_edges = (float(lat[lat - half >= -90][0]) - half, float(lat[lat + half <= 90][-1]) + half)
-    return Grid(res_lat, lat_edges, (float(lon[0]) - half, float(lon[-1]) + half))
+    lat = ds[LAT].values
+    whole = (lat - res_lat / 2 >= -90) & (lat + res_lat / 2 <= 90)  # cells cut at a pole are left out
+    return Grid.from_centres(res_lat, lat[whole], ds[LON].values)
 
 
 def model_grids(resolution: float, scale_factor: int, box: list[float] | None, source: Grid) -> tuple[Grid, Grid]:
@@ -115,9 +112,7 @@ def on_coarse_grid(ds: xr.Dataset, source: Grid, lr: Grid, where: str) -> tuple[
     rows = np.flatnonzero((t[LAT].values + source.resolution / 2 > s) & (t[LAT].values - source.resolution / 2 < n))
     cols = np.flatnonzero((t[LON].values + source.resolution / 2 > w) & (t[LON].values - source.resolution / 2 < e))
     part = t.isel({LAT: rows, LON: cols})
-    half = source.resolution / 2
-    grid = Grid(source.resolution, (float(part[LAT][0]) - half, float(part[LAT][-1]) + half),
-                (float(part[LON][0]) - half, float(part[LON][-1]) + half))
+    grid = Grid.from_centres(source.resolution, part[LAT].values, part[LON].values)
     how = f"conservative from {source.resolution:g}° (input {'finer than' if source.resolution < lr.resolution else 'not aligned with'} the model's coarse grid)"
     log.info("%s: regridding %s to the model's %g° coarse grid", where, how, lr.resolution)
     return _covering(grid, lr, part), how
