@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from slurm_cluster import ClusterInfo, SlurmUnavailable, ensure_cluster
-from workflow_run import copy_workflow, snakemake
+from workflow_run import SNAKEMAKE, copy_workflow, snakemake, snakemake_env
 
 
 @pytest.fixture(scope="session")
@@ -84,9 +87,44 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="session")
-def run(tmp_path_factory):
-    """config/test.yaml run to completion once, with its declared downscaling (results/test/downscaled/march.nc);
-    the folder it ran in (a copy of the workflow)."""
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the workflow with the train and val stores of config/test.yaml built (results/test/priors/);
+    tests take it with `workflow_run.copy_run`."""
+    repo = copy_workflow(tmp_path_factory.mktemp("stores"))
+    snakemake(repo, *(f"results/test/priors/{split}.h5" for split in ("train", "val")), "--cores", "2",
+              "--configfile", "config/test.yaml")
+    return repo
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The SLURM tests that do not read the workflow run go first, in their order: while they wait on the
+    cluster, the run that later tests read (fixture `run`) is built beside them (fixture `_run_started`)."""
+    first = [item for item in items if item.get_closest_marker("slurm") and "run" not in item.fixturenames]
+    items[:] = first + [item for item in items if item not in first]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _run_started(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """config/test.yaml's run with its declared downscaling (results/test/downscaled/march.nc), started at the
+    session's start when a collected test reads it: (its folder, a copy of the workflow; the snakemake process)."""
+    if not any("run" in item.fixturenames for item in request.session.items):
+        yield None
+        return
     repo = copy_workflow(tmp_path_factory.mktemp("wf"))
-    snakemake(repo, "--cores", "2", "all", "results/test/downscaled/march.nc", "--configfile", "config/test.yaml")
+    args = ["--cores", "2", "all", "results/test/downscaled/march.nc", "--configfile", "config/test.yaml"]
+    with open(repo / "snakemake.log", "w") as log:
+        proc = subprocess.Popen([*SNAKEMAKE, *args], cwd=repo, env=snakemake_env(repo), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    yield repo, proc
+    if proc.poll() is None:  # the session ended before a test waited for it: stop snakemake and its jobs
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def run(_run_started) -> Path:
+    """The folder of config/test.yaml's completed run (see `_run_started`)."""
+    repo, proc = _run_started
+    if proc.wait() != 0:
+        raise AssertionError(f"the run of config/test.yaml failed:\n{(repo / 'snakemake.log').read_text()[-6000:]}")
     return repo

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from slurm_cluster import FAST_POLLING, NO_CONDA, NO_RETRIES, ClusterInfo, clean_env, job_processes
-from workflow_run import SNAKEMAKE, config_variant, copy_workflow, snakemake
+from workflow_run import SNAKEMAKE, config_variant, copy_run, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +28,10 @@ STOP_WITHIN_S = 15.0
 
 
 @pytest.fixture(scope="module")
-def workflow(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def workflow(stores: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A copy of the workflow with its stores built, and a config whose training never ends on its own."""
-    repo = copy_workflow(tmp_path_factory.mktemp("interrupt"))
+    repo = copy_run(stores, tmp_path_factory.mktemp("interrupt"))
     cfg = config_variant(repo, "endless", [("deterministic_steps: 40", "deterministic_steps: 1000000")])
-    stores = [f"results/test/priors/{split}.h5" for split in ("train", "val")]  # results/{run_name}/
-    snakemake(repo, *stores, "--cores", "2", "--configfile", cfg)
     return repo, cfg
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,11 +30,11 @@ from slurm_cluster import (
     start_node,
     wait_healthy,
 )
-from workflow_run import SNAKEMAKE, config_variant, copy_workflow, snakemake
+from workflow_run import SNAKEMAKE, config_variant, copy_run
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-STEPS = 300
+STEPS = 120
 CHECKPOINT_EVERY = 10
 RUN = Path("results/test")  # results/{run_name}/ of config/test.yaml
 MODEL = RUN / "models/deterministic.pt"
@@ -62,15 +61,12 @@ def job_field(job_id: str, field: str) -> str:
     return found.group(1) if found else ""
 
 
-def test_training_survives_a_node_failure(slurm_cluster: ClusterInfo, tmp_path: Path) -> None:
-    repo = copy_workflow(tmp_path)
+def test_training_survives_a_node_failure(slurm_cluster: ClusterInfo, stores: Path, tmp_path: Path) -> None:
+    repo = copy_run(stores, tmp_path)  # the stores on this machine (the shared file system of the cluster)
     cfg = config_variant(repo, "node_failure", [
         ("deterministic_steps: 40", f"deterministic_steps: {STEPS}"),
         ("checkpoint_every: 20", f"checkpoint_every: {CHECKPOINT_EVERY}"),
     ])  # fmt: skip
-    # the stores on this machine (the shared file system of the cluster), the training on SLURM
-    stores = [str(RUN / f"priors/{split}.h5") for split in ("train", "val")]
-    snakemake(repo, *stores, "--cores", "2", "--configfile", cfg)
     cmd = [*SNAKEMAKE, str(MODEL), "--profile", "profiles/slurm", *FAST_POLLING, *NO_CONDA, "--configfile", cfg]
     proc = subprocess.Popen(cmd, cwd=repo, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)  # fmt: skip

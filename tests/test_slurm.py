@@ -11,19 +11,21 @@ from pathlib import Path
 
 import pytest
 import torch
+import xarray as xr
 
 from ddp_worker import check_results, run_group
 from geodiff.train.distributed import expand_hostlist
 from slurm_cluster import FAST_POLLING, NO_CONDA, NO_RETRIES, ClusterInfo, clean_env
 from test_scale_out import assert_same_model, geodiff, train_args
 from test_scale_out import run as run_logged
-from workflow_run import SNAKEMAKE, config_variant, copy_workflow, snakemake
+from workflow_run import SNAKEMAKE, config_variant, copy_run
 
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("ddp_worker.py")
 VENV_BIN = Path(sys.executable).parent
+RESULTS = "results/test"  # results/{run_name}/ of config/test.yaml
 
 
 def test_hostlist_matches_scontrol(slurm_cluster: ClusterInfo) -> None:
@@ -91,21 +93,6 @@ def wait_for_job(job_id: str, timeout: float) -> str:
     raise AssertionError(f"job {job_id} not finished after {timeout:.0f} s:\n{record}")
 
 
-def copy_repo(dest: Path) -> Path:
-    """Copy the working tree's source files (git-tracked or untracked-but-not-ignored) to ``dest``."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO, capture_output=True, check=True, timeout=60,
-    ).stdout.decode()  # fmt: skip
-    for rel in filter(None, listed.split("\0")):
-        src = REPO / rel
-        if src.is_file():
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, target)
-    return dest
-
-
 DDP_SNAKEFILE = """
 rule ddp:
     output:
@@ -134,58 +121,55 @@ def test_snakemake_mpi_rule_runs_ddp(slurm_cluster: ClusterInfo, tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_workflow_on_slurm(slurm_cluster: ClusterInfo, tmp_path: Path) -> None:
-    if not (REPO / "Snakefile").is_file() or not (REPO / "config" / "test.yaml").is_file():
-        pytest.fail("Snakefile or config/test.yaml missing: the workflow is part of the repository")
-    work = copy_repo(tmp_path / "repo")
+def test_workflow_on_slurm(slurm_cluster: ClusterInfo, run: Path, tmp_path: Path) -> None:
+    """In a copy of the local run of config/test.yaml, the test month is fetched again and what the
+    evaluation and the downscaling of it need is rebuilt as SLURM jobs through profiles/slurm. The
+    trainings go through SLURM in the test below; the files equal the local run's."""
+    work = tmp_path / "repo"
+    shutil.copytree(run, work, symlinks=True)  # the local run: its models and Snakemake's records
+    rebuilt = ["samples/test_ensemble.nc", "baselines/test_bicubic.nc", "baselines/test_deterministic.nc",
+               "downscaled/march.nc"]
     cmd = [
-        str(VENV_BIN / "snakemake"),
-        "--profile",
-        "profiles/slurm",
-        "--configfile",
-        "config/test.yaml",
-        *FAST_POLLING,
-        *NO_RETRIES,
-        *NO_CONDA,
-    ]
+        str(VENV_BIN / "snakemake"), *(f"{RESULTS}/{name}" for name in rebuilt),
+        "--forcerun", f"{RESULTS}/raw/2001-03.nc",
+        "--profile", "profiles/slurm", "--configfile", "config/test.yaml",
+        *FAST_POLLING, *NO_RETRIES, *NO_CONDA,
+    ]  # fmt: skip
     proc = run_group(cmd, timeout=420, env=clean_env(), cwd=work)
     assert proc.returncode == 0, proc.stdout[-6000:]
-    assert "SLURM jobid" in proc.stdout, "no job went through sbatch:\n" + proc.stdout[-3000:]
-    metrics = work / "results" / "test" / "metrics.csv"  # results/{run_name}/
-    assert metrics.is_file() and metrics.stat().st_size > 0, proc.stdout[-3000:]
+    submitted = re.findall(r"submitted with SLURM jobid \d+ \(log: \S+/slurm_logs/rule_(\w+)/", proc.stdout)
+    assert sorted(set(submitted)) == ["baselines", "download", "downscale", "priors", "priors_month", "regrid",
+                                      "sample"], proc.stdout[-3000:]
+    for name in rebuilt:
+        with xr.open_dataset(work / RESULTS / name) as on_slurm, xr.open_dataset(run / RESULTS / name) as local:
+            xr.testing.assert_allclose(on_slurm, local)
 
 
 @pytest.mark.slow
-def test_two_slurm_nodes_train_the_model_of_one_process(slurm_cluster: ClusterInfo, tmp_path: Path) -> None:
-    """Both stages of config/test.yaml trained by `snakemake --profile profiles/slurm` as one job of 4 ranks on
-    the 2 emulated nodes equal the same training in one process (tolerance: tests/test_scale_out.py)."""
-    repo = copy_workflow(tmp_path)
+def test_two_slurm_nodes_train_the_model_of_one_process(slurm_cluster: ClusterInfo, stores: Path, tmp_path: Path) -> None:
+    """The U-Net of config/test.yaml trained by `snakemake --profile profiles/slurm` as one job of 4 ranks on the
+    2 emulated nodes equals the same training in one process (tolerance: tests/test_scale_out.py, which holds
+    both stages to it under torchrun)."""
+    repo = copy_run(stores, tmp_path)  # the stores on this machine (the cluster's shared file system)
     cfg = config_variant(repo, "two_nodes", [
         ("resources: {nodes: 1, tasks: 1, gpus: 0, cpus: 2, mem_mb: 2000, runtime: 10}",
          "resources: {nodes: 2, tasks: 4, gpus: 0, cpus: 1, mem_mb: 1000, runtime: 10}"),
         ("deterministic_steps: 40", "deterministic_steps: 12"),
-        ("residual_steps: 40", "residual_steps: 12"),
     ])  # fmt: skip
-    run = Path("results/test")
-    snakemake(repo, *(str(run / f"priors/{split}.h5") for split in ("train", "val")), "--cores", "2",
-              "--configfile", cfg)  # the stores on this machine (the cluster's shared file system)
-    models = [run / "models/deterministic.pt", run / "models/residual.pt"]
-    cmd = [*SNAKEMAKE, *map(str, models), "--profile", "profiles/slurm", *FAST_POLLING, *NO_RETRIES,
-           *NO_CONDA, "--configfile", cfg]
+    model = Path(RESULTS) / "models/deterministic.pt"
+    cmd = [*SNAKEMAKE, str(model), "--profile", "profiles/slurm", *FAST_POLLING, *NO_RETRIES, *NO_CONDA,
+           "--configfile", cfg]
     proc = run_group(cmd, timeout=600, env=clean_env(), cwd=repo)
     assert proc.returncode == 0, proc.stdout[-6000:]
-    assert len(re.findall(r"SLURM jobid \d+", proc.stdout)) >= 2, proc.stdout[-3000:]
-    log = (repo / run / "logs/train_deterministic.log").read_text()
+    assert re.search(r"SLURM jobid \d+", proc.stdout), proc.stdout[-3000:]
+    log = (repo / RESULTS / "logs/train_deterministic.log").read_text()
     joined = re.findall(r"rank (\d)/4 \(local \d, srun, node (\w+)\)", log)
     assert sorted(rank for rank, _ in joined) == list("0123") and {node for _, node in joined} == set(
         slurm_cluster.nodes), log[-3000:]
 
-    work = tmp_path / "one"
-    work.mkdir()
-    for stage, model in zip(("deterministic", "residual"), models):
-        state = torch.load(repo / model, weights_only=True)
-        out = work / model.name
-        args = train_args(stage, repo / run / "priors", out, state["config"],
-                          repo / models[0] if stage == "residual" else None)
-        run_logged(geodiff(*args, "--checkpoint-every", "100", "--keep-checkpoints", "1"), work / f"{stage}.log")
-        assert_same_model(out, repo / model)
+    state = torch.load(repo / model, weights_only=True)
+    out = tmp_path / "one" / model.name
+    out.parent.mkdir()
+    args = train_args("deterministic", repo / RESULTS / "priors", out, state["config"], None)
+    run_logged(geodiff(*args, "--checkpoint-every", "100", "--keep-checkpoints", "1"), out.with_suffix(".log"))
+    assert_same_model(out, repo / model)

@@ -22,13 +22,25 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
+def copy_run(src: Path, dest: Path) -> Path:
+    """The workflow copy `src`, its results and Snakemake's records of them, copied into `dest`: what was
+    built there stays up to date."""
+    shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+    return dest
+
+
 def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """`snakemake *args` in `cwd`, with this interpreter's environment only."""
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(cwd)}
-    proc = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, env=env)
+    proc = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, env=snakemake_env(cwd))
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def snakemake_env(cwd: Path) -> dict[str, str]:
+    """This interpreter's programs first, `cwd` as home; OpenMP threads sleep while they wait, so that a
+    run beside other tests does not hold cores in spin loops."""
+    return {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(cwd), "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def planned_jobs(cwd: Path, *args: str) -> list[dict[str, str]]:
