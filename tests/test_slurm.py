@@ -125,8 +125,7 @@ def test_workflow_on_slurm(slurm_cluster: ClusterInfo, run: Path, tmp_path: Path
     """In a copy of the local run of config/test.yaml, the test month is fetched again and what the
     evaluation and the downscaling of it need is rebuilt as SLURM jobs through profiles/slurm. The
     trainings go through SLURM in the test below; the files equal the local run's."""
-    work = tmp_path / "repo"
-    shutil.copytree(run, work, symlinks=True)  # the local run: its models and Snakemake's records
+    work = copy_run(run, tmp_path / "repo")  # the local run: its models and Snakemake's records
     rebuilt = ["samples/test_ensemble.nc", "baselines/test_bicubic.nc", "baselines/test_deterministic.nc",
                "downscaled/march.nc"]
     cmd = [
