@@ -92,6 +92,7 @@ BAD = {
         "evaluate.guidance.last_steps 7 exceeds evaluate.sampler_steps 6",
     ),
     "constraint": ([("constraint: additive", "constraint: multiplicative")], "multiplicative"),
+    "crop": ([("  batch_size: 4\n", "  batch_size: 4\n  crop: 6\n")], "train.crop 6 is not a multiple of grid.scale_factor 4"),
     "map_level": ([("map_level: 850", "map_level: 900")], "evaluate.map_level 900 hPa is not one of the levels"),
 }
 

@@ -164,10 +164,11 @@ def test_dataset_items_and_crops(months, tmp_path):
         StoreDataset(str(tmp_path / "train.h5"), ["n2"])
 
 
-def test_crops_reach_the_field_edges(months, tmp_path):
-    """A crop's centre is uniform over the field and the window kept inside it: a crop of 8 in 16 cells
-    holds the first row when its centre is one of the first 8 // 2 + 1 = 5 rows, in 5/16 of the
-    draws (a uniformly placed window: 1 in 16 - 8 + 1 = 9)."""
+def test_crops_are_whole_coarse_cells_and_reach_the_field_edges(months, tmp_path):
+    """A crop holds whole coarse cells (the store's scale factor is 4) and its centre is a coarse cell drawn
+    uniformly from the field, the window kept inside it: a crop of 8 fine cells (2 coarse) in 16 (4
+    coarse) starts at coarse cell max(c - 1, 0) clipped to 2 for centre c in 0..3, so at fine cell 0 in
+    half of the draws, at 4 and at 8 in a quarter each."""
     build(months, tmp_path / "train.h5")
     full = StoreDataset(str(tmp_path / "train.h5"), [])
     cropped = StoreDataset(str(tmp_path / "train.h5"), [], crop=8)
@@ -180,8 +181,15 @@ def test_crops_reach_the_field_edges(months, tmp_path):
             assert len(found) == 1
             starts.append(found[0])
     starts = np.array(starts)
-    for axis in (0, 1):  # 320 draws: binomial standard deviation 0.026
-        assert abs(np.mean(starts[:, axis] == 0) - 5 / 16) < 0.08 and abs(np.mean(starts[:, axis] == 8) - 4 / 16) < 0.08
+    assert set(starts.ravel()) <= {0, 4, 8}
+    for axis in (0, 1):  # 320 draws: binomial standard deviation 0.028 at most
+        assert abs(np.mean(starts[:, axis] == 0) - 1 / 2) < 0.09 and abs(np.mean(starts[:, axis] == 8) - 1 / 4) < 0.08
+
+
+def test_a_crop_of_part_of_a_coarse_cell_is_refused(months, tmp_path):
+    build(months, tmp_path / "train.h5")
+    with pytest.raises(ValueError, match=r"train\.h5: train\.crop 6 is not a multiple of the store's scale factor 4"):
+        StoreDataset(str(tmp_path / "train.h5"), [], crop=6)
 
 
 def test_readers_give_the_stored_values_with_labels(months, tmp_path):

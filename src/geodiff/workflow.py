@@ -107,11 +107,14 @@ def _level_problems(levels: list[float]) -> list[str]:
 
 def check_config(config: Mapping[str, Any]) -> None:
     """Refuse cross-field errors before any job: grid box and scale factor, levels, splits vs data.period,
-    guidance steps vs sampler steps, the map level vs the levels."""
+    guidance steps vs sampler steps, patches vs the scale factor, the map level vs the levels."""
     problems = _grid_problems(config["grid"]) + _level_problems(list(config["levels"]))
     steps, guided = config.get("evaluate", {}).get("sampler_steps"), config.get("evaluate", {}).get("guidance", {}).get("last_steps")
     if steps is not None and guided is not None and guided > steps:  # both are there once the schema's defaults are
         problems.append(f"evaluate.guidance.last_steps {guided} exceeds evaluate.sampler_steps {steps}")
+    crop, factor = config.get("train", {}).get("crop"), config["grid"]["scale_factor"]
+    if crop is not None and crop % factor:
+        problems.append(f"train.crop {crop} is not a multiple of grid.scale_factor {factor}: a patch must hold whole coarse cells")
     map_level = config.get("evaluate", {}).get("map_level")
     if map_level is not None and float(map_level) not in [float(v) for v in config["levels"]]:
         problems.append(f"evaluate.map_level {map_level} hPa is not one of the levels {list(config['levels'])}")
