@@ -5,8 +5,8 @@
 
 Trains the deterministic U-Net of the config with `model.norm: local` (GroupNorm's statistics over
 a whole patch are not those over a whole field) on whole fields and on random square patches of
-each `--crops` size (`train.crop`: a patch's centre is uniform over the field, see
-geodiff.data.loader), for each `model.position` (none: the network sees its input fields only;
+each `--crops` size (`train.crop`: whole coarse cells, the centre a coarse cell drawn uniformly
+over the field, see geodiff.data.loader), for each `model.position` (none: the network sees its input fields only;
 latlon: sin and cos of latitude and longitude as extra static channels), at the config's step
 count and seed. Every training sees as many fine cells per step as the config's batch of whole
 fields of the config's box: 32 patches of 16 x 16 or 14 of 24 x 24 for 8 fields of 32 x 32.

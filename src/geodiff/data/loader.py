@@ -92,7 +92,8 @@ class StoreDataset(Dataset):
         input (and of its error) against the U-Net's pooling grid, which in whole fields and aligned tiles
         always meets coarse cells the same way. Patches of 24 cells of the default box went from 0.344 and
         0.353 K to 0.333 and 0.332 K validation RMSE (seeds 42 and 43), against 0.317 and 0.318 K for
-        whole fields (benchmarks/crop_training.py).
+        whole fields; 32-cell patches of a 64-cell box from 0.439, 0.365 and 0.444 K to 0.392, 0.345 and
+        0.437 K (seeds 42-44), against 0.407, 0.435 and 0.435 K (benchmarks/crop_training.py, README).
         Centre uniform: a field's edge cells are then in a crop about half as often as its middle ones,
         where a uniformly placed window holds them once in n - crop + 1 draws, and the network meets the
         field's edges, where the interpolated input is least right, far more often."""
