@@ -19,7 +19,7 @@ from geodiff.data.files import open_any
 from geodiff.data.grid import Grid
 from geodiff.data.regrid import Regridder
 from geodiff.downscale.bundle import load_bundle
-from geodiff.downscale.generate import Domain, generate
+from geodiff.downscale.generate import Domain, downscale as downscale_files, generate
 from geodiff.downscale.inputs import box_statics, grid_of, model_grids, on_coarse_grid, read_input
 from geodiff.downscale.tiles import Tiling, tile_starts
 from test_constraint import block_mean
@@ -202,6 +202,13 @@ def test_inputs_it_cannot_use_are_refused_by_name(run, tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and not out.exists()
     assert proc.stderr.strip().splitlines()[-1] == (f"geodiff downscale: {grib}: grid spacing 10° is coarser than 2x the "
                                                    "model's coarse grid (1°): the model downscales from 1°")
+
+
+def test_tiles_that_would_start_inside_a_coarse_cell_are_refused(run, tmp_path):
+    """The test model's coarse cells are 4 fine cells: a 6-cell overlap would start the second tile inside one."""
+    with pytest.raises(ValueError, match=r"tile 32, overlap 6: both must be multiples of the scale factor 4"):
+        downscale_files(str(models(run)), [str(GFS)], str(tmp_path / "out.nc"), tile=32, overlap=6, device="cpu")
+    assert not (tmp_path / "out.nc").exists()
 
 
 def test_a_bundle_whose_model_was_swapped_is_refused(run, tmp_path):

@@ -125,7 +125,7 @@ def downscale(model_dir: str, inputs: list[str], out_path: str, members: int | N
         members = members or int(bundle.meta["sampler"]["ensemble_size"])
         steps = steps or int(bundle.meta["sampler"]["sampler_steps"])
         constraint = constraint or bundle.meta["constraint"]
-        _check_tile(tile, bundle)
+        _check_tile(tile, overlap, bundle)
         ds, origin = read_input(inputs, bundle.levels)
         source = grid_of(ds, origin)
         hr, lr = model_grids(bundle.meta["resolution"], bundle.meta["scale_factor"], box, source)
@@ -195,11 +195,20 @@ def ensemble_dataset(t: xr.DataArray, attrs: dict) -> xr.Dataset:
                            source=f"GeoDiff {__version__}: downscaled from coarse input")
 
 
-def _check_tile(tile: int | None, bundle: Bundle) -> None:
-    """A tile must be a whole number of the U-Nets' coarsest cells (2^depth fine cells)."""
+def _check_tile(tile: int | None, overlap: int, bundle: Bundle) -> None:
+    """A tile must be a whole number of the U-Nets' coarsest cells (2^depth fine cells), and tiles must start
+    on the coarse grid (tile and overlap whole coarse cells), as the fields and patches of training did: a
+    tile that starts inside a coarse cell meets the interpolated input's pattern shifted against the
+    U-Net's pooling grid (see :meth:`geodiff.data.loader.StoreDataset._window`)."""
+    if tile is None:
+        return
     cell = 2 ** max(bundle.deterministic.arch["depth"], bundle.residual.arch["depth"])
-    if tile is not None and (tile < cell or tile % cell):
+    if tile < cell or tile % cell:
         raise ValueError(f"downscale tile {tile}: must be a multiple of {cell} fine cells (2^model.depth)")
+    scale = int(bundle.meta["scale_factor"])
+    if tile % scale or overlap % scale:
+        raise ValueError(f"downscale tile {tile}, overlap {overlap}: both must be multiples of the scale factor {scale}, "
+                         "so that every tile starts on the coarse grid")
 
 
 def _on_rank0(ctx, make):
